@@ -1,0 +1,30 @@
+"""The one module that imports omnirelay_core (ARCHITECTURE.md layering)."""
+from omnirelay_core.buffers import BufferPool
+from omnirelay_core.connection import pool_stats
+from omnirelay_core.errors import (
+    BadRequest,
+    BodyTooLarge,
+    HeadersTooLarge,
+    NoRoute,
+    ProxyError,
+    RequestTimeout,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    reason_for,
+)
+from omnirelay_core.filterchain import HOOK_METHODS, FilterChain, LocalReply
+from omnirelay_core.headers import HeaderMap
+from omnirelay_core.router import RouteEntry, RouteTable
+from omnirelay_core.server import ListenerRuntime
+from omnirelay_core.stream import HttpStream, ListenerState, Stats
+from omnirelay_core.upstream import Cluster, Endpoint
+
+__all__ = [
+    "BadRequest", "BodyTooLarge", "BufferPool", "Cluster", "Endpoint", "FilterChain",
+    "HOOK_METHODS", "HeaderMap", "HeadersTooLarge", "HttpStream", "ListenerRuntime",
+    "ListenerState", "LocalReply", "NoRoute", "ProxyError", "RequestTimeout", "RouteEntry",
+    "RouteTable", "Stats", "UpstreamProtocolError", "UpstreamReset", "UpstreamTimeout",
+    "UpstreamUnavailable", "pool_stats", "reason_for",
+]

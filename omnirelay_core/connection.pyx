@@ -1,0 +1,131 @@
+# The lifecycle base shared by downstream and upstream connections: asyncio's
+# BufferedProtocol callbacks land here and reads go straight into pooled slabs.
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.string cimport memmove
+from omnirelay_core.http1 cimport Http1Events
+from omnirelay_core.buffers cimport BufferPool
+
+import time
+
+cdef BufferPool _pool = BufferPool()
+_monotonic = time.monotonic
+
+
+cdef BufferPool worker_pool():
+    return _pool
+
+
+def pool_stats():
+    return _pool.stats()
+
+
+cdef class Connection(Http1Events):
+
+    def __cinit__(self, *args, **kwargs):
+        self.pool = _pool
+
+    # ---- asyncio protocol surface ----
+    def connection_made(self, transport):
+        self.transport = transport
+        self._write = transport.write
+        self.last_activity = _monotonic()
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        if self.slab is None:
+            self.slab = self.pool.acquire()
+            self.view = None
+            self.start = self.end = 0
+        if self.end == 0:
+            return self.slab
+        if self.start > 0:
+            # Keep unparsed bytes (a paused pipelined request) at the front.
+            memmove(<char*>self.slab, (<char*>self.slab) + self.start, self.end - self.start)
+            self.end -= self.start
+            self.start = 0
+        if self.end == len(self.slab):
+            self.view = None
+            self.slab.extend(bytes(len(self.slab)))
+        if self.view is None:
+            self.view = memoryview(self.slab)
+        return self.view[self.end:]
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        self.end += nbytes
+        self.data_ready()
+
+    def eof_received(self):
+        # on_eof returns 1 to keep the write side open (half-close).
+        return self.on_eof() == 1
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.consumed_all()
+        self.on_connection_lost(exc)
+
+    def pause_writing(self):
+        self.writing_paused = True
+        self.on_pause_writing()
+
+    def resume_writing(self):
+        self.writing_paused = False
+        self.on_resume_writing()
+
+    # ---- for subclasses ----
+    cdef int data_ready(self) except -1:
+        self.consumed_all()
+        return 0
+
+    cdef void consumed_all(self) noexcept:
+        # Every byte parsed: the slab goes back to the pool until the next read.
+        if self.slab is not None:
+            self.view = None
+            if len(self.slab) == self.pool.slab_size:
+                self.pool.release(self.slab)
+            else:
+                self.pool.in_use -= 1
+            self.slab = None
+        self.start = self.end = 0
+
+    cdef int write(self, object data) except -1:
+        if not self.closed:
+            self._write(data)
+        return 0
+
+    cdef void pause_reading(self):
+        if not self.reading_paused and not self.closed:
+            self.reading_paused = True
+            try:
+                self.transport.pause_reading()
+            except Exception:
+                pass
+
+    cdef void resume_reading(self):
+        if self.reading_paused and not self.closed:
+            self.reading_paused = False
+            try:
+                self.transport.resume_reading()
+            except Exception:
+                pass
+
+    cdef void close(self):
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    cdef void abort(self):
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    cdef int on_connection_lost(self, object exc) except -1:
+        return 0
+
+    cdef int on_eof(self) except -1:
+        self.close()
+        return 0
+
+    cdef int on_pause_writing(self) except -1:
+        return 0
+
+    cdef int on_resume_writing(self) except -1:
+        return 0

@@ -1,0 +1,2 @@
+cdef int status_for_parse_error(int hpe) noexcept
+cdef object reason_phrase(int status)

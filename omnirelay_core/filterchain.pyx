@@ -1,0 +1,124 @@
+# Iteration over a route's filters. A chain is immutable and built once per
+# config load; a FilterState holds one stream's per-stream filter objects and
+# where iteration paused. Hooks a filter does not override are never called.
+#
+# Native (C function-pointer) filters will sit in the same index tables and be
+# called without the GIL; only Python filters need the interpreter.
+import logging
+
+_log = logging.getLogger("omnirelay.filters")
+
+HOOK_METHODS = (
+    "on_request_headers", "on_request_body", "on_request_trailers",
+    "on_response_headers", "on_response_body", "on_response_trailers", "on_log",
+)
+
+
+class LocalReply:
+    """Returned by a hook to answer the request without (further) upstream work."""
+    __slots__ = ("status", "body", "headers", "reason")
+
+    def __init__(self, int status, body=b"", headers=None, reason="filter"):
+        self.status = status
+        self.body = body.encode() if isinstance(body, str) else bytes(body)
+        self.headers = list(headers or ())
+        self.reason = reason
+
+    def __repr__(self):
+        return f"LocalReply({self.status}, reason={self.reason!r})"
+
+
+cdef class FilterChain:
+    """factories: objects with `create() -> per-stream filter`; hooks: for each
+    factory, the set of hook names its per-stream filter overrides."""
+
+    def __init__(self, factories, hooks):
+        cdef list by_hook = [[] for _ in range(N_HOOKS)]
+        cdef int h
+        self.factories = tuple(factories)
+        for i, names in enumerate(hooks):
+            for h, name in enumerate(HOOK_METHODS):
+                if name in names:
+                    by_hook[h].append(i)
+        # Response-side hooks run in reverse order, as encoders do in Envoy.
+        for h in (RESPONSE_HEADERS, RESPONSE_BODY, RESPONSE_TRAILERS):
+            by_hook[h].reverse()
+        self.by_hook = tuple(tuple(x) for x in by_hook)
+        self.empty = len(self.factories) == 0
+
+    cdef FilterState new_state(self):
+        cdef FilterState st = FilterState.__new__(FilterState)
+        st.chain = self
+        st.filters = [f.create() for f in self.factories]
+        st.paused_hook = -1
+        return st
+
+    cdef bint has(self, int hook) noexcept:
+        return len(<tuple>self.by_hook[hook]) > 0
+
+    def __len__(self):
+        return len(self.factories)
+
+
+cdef class FilterState:
+
+    cdef int run(self, int hook, object stream, object arg, bint end_stream,
+                 Py_ssize_t start) except -1:
+        """Headers/trailers hooks: returns CONTINUE, STOP or LOCAL_REPLY."""
+        cdef tuple idx = <tuple>self.chain.by_hook[hook]
+        cdef Py_ssize_t k
+        cdef str meth = HOOK_METHODS[hook]
+        for k in range(start, len(idx)):
+            f = self.filters[<Py_ssize_t>idx[k]]
+            if hook == REQUEST_TRAILERS or hook == RESPONSE_TRAILERS:
+                r = getattr(f, meth)(stream, arg)
+            else:
+                r = getattr(f, meth)(stream, end_stream)
+            if r is None or r is 0 or r == CONTINUE:
+                continue
+            if r == STOP and not isinstance(r, LocalReply):
+                self.paused_hook = hook
+                self.paused_at = k
+                return STOP
+            if isinstance(r, LocalReply):
+                self.local_reply = r
+                return LOCAL_REPLY
+            raise TypeError(f"{type(f).__name__}.{meth} returned {r!r}; expected CONTINUE, STOP or LocalReply")
+        return CONTINUE
+
+    cdef object run_body(self, int hook, object stream, object data, bint end_stream):
+        """Body hooks: returns the bytes to pass on, None when a filter asked to
+        buffer (STOP), or a LocalReply."""
+        cdef tuple idx = <tuple>self.chain.by_hook[hook]
+        cdef str meth = HOOK_METHODS[hook]
+        if self.buffered is not None:
+            self.buffered += data
+            data = bytes(self.buffered)
+        for k in range(len(idx)):
+            f = self.filters[<Py_ssize_t>idx[k]]
+            r = getattr(f, meth)(stream, data, end_stream)
+            if r is None or r is 0 or r == CONTINUE:
+                continue
+            if isinstance(r, (bytes, bytearray, memoryview)):
+                data = bytes(r)
+                continue
+            if isinstance(r, LocalReply):
+                return r
+            if r == STOP:
+                if end_stream:
+                    raise TypeError(f"{type(f).__name__}.{meth} returned STOP at end of stream")
+                if self.buffered is None:
+                    self.buffered = bytearray(data)
+                return None
+            raise TypeError(f"{type(f).__name__}.{meth} returned {r!r}")
+        self.buffered = None
+        return data
+
+    cdef int run_log(self, object stream) except -1:
+        cdef tuple idx = <tuple>self.chain.by_hook[LOG]
+        for k in idx:
+            try:
+                self.filters[<Py_ssize_t>k].on_log(stream)
+            except Exception:
+                _log.exception("filter log hook failed")
+        return 0

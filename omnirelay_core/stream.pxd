@@ -1,0 +1,125 @@
+from omnirelay_core.headers cimport HeaderMap
+from omnirelay_core.buffers cimport ByteBuilder
+from omnirelay_core.upstream cimport UpstreamCallbacks, UpstreamConnection
+from omnirelay_core.router cimport RouteEntry, RouteTable
+from omnirelay_core.filterchain cimport FilterState
+
+
+cdef class Stats:
+    cdef public long long downstream_cx_total
+    cdef public long long downstream_cx_active
+    cdef public long long downstream_rq_total
+    cdef public long long downstream_rq_active
+    cdef public long long downstream_rq_1xx
+    cdef public long long downstream_rq_2xx
+    cdef public long long downstream_rq_3xx
+    cdef public long long downstream_rq_4xx
+    cdef public long long downstream_rq_5xx
+    cdef public long long downstream_rq_local_reply
+    cdef public long long downstream_rq_protocol_error
+    cdef public long long upstream_rq_total
+    cdef public long long upstream_rq_timeout
+    cdef public long long upstream_rq_reset
+    cdef public long long upstream_cx_connect_fail
+    cdef public long long upstream_cx_reused
+
+
+cdef class ListenerState:
+    """Per-listener settings of one config generation; a reload swaps the
+    reference held by the listener, so new requests see the new state."""
+    cdef readonly str name
+    cdef readonly RouteTable routes
+    cdef readonly bytes via
+    cdef readonly int xff_trusted_hops
+    cdef readonly Py_ssize_t max_header_bytes
+    cdef readonly double idle_timeout
+    cdef readonly double request_timeout
+    cdef readonly Py_ssize_t buffer_limit
+    cdef readonly bytes scheme
+    cdef public Stats stats
+
+
+cdef class DownstreamCodec:
+    """How a stream writes its response to the client, whatever the codec."""
+    cdef public bint write_paused
+    cdef int encode_headers(self, HttpStream s, bint end_stream) except -1
+    cdef int encode_data(self, HttpStream s, const char* p, Py_ssize_t n, bint end_stream) except -1
+    cdef int encode_trailers(self, HttpStream s, HeaderMap trailers) except -1
+    cdef int encode_continue(self, HttpStream s) except -1
+    cdef int read_disable(self, HttpStream s, bint disable) except -1
+    cdef int reset(self, HttpStream s) except -1
+    cdef int stream_complete(self, HttpStream s) except -1
+    cdef int start_tunnel(self, HttpStream s) except -1
+    cdef int tunnel_write(self, HttpStream s, const char* p, Py_ssize_t n) except -1
+    cdef int tunnel_eof(self, HttpStream s) except -1
+
+
+cdef HttpStream _new_stream(DownstreamCodec codec, ListenerState listener, str peer)
+
+cdef class HttpStream(UpstreamCallbacks):
+    cdef DownstreamCodec codec
+    cdef readonly ListenerState listener
+    cdef readonly HeaderMap request_headers
+    cdef readonly HeaderMap response_headers
+    cdef public HeaderMap request_trailers
+    cdef public HeaderMap response_trailers
+    cdef readonly bytes method
+    cdef readonly bytes target
+    cdef readonly int http_minor
+    cdef readonly int status
+    cdef readonly str peer
+    cdef public bytes request_id
+    cdef readonly RouteEntry route
+    cdef UpstreamConnection upstream
+    cdef FilterState fstate
+    cdef list pending
+    cdef Py_ssize_t pending_bytes
+    cdef object timer
+    cdef public object metadata
+    cdef readonly double start_time
+    cdef readonly str local_reason
+    # request framing
+    cdef public long long req_content_length
+    cdef public bint req_chunked
+    cdef long long req_body_bytes
+    cdef public bint keep_alive
+    cdef public bint is_head
+    cdef public bint is_connect
+    cdef public bint is_upgrade
+    cdef public bint expect_continue
+    # response framing, as the upstream framed it
+    cdef public long long resp_content_length
+    cdef public bint resp_no_body
+    cdef public bint resp_has_body_filters
+    cdef readonly long long resp_body_bytes
+    # lifecycle
+    cdef public bint req_end
+    cdef public bint resp_started
+    cdef public bint resp_end
+    cdef readonly bint done
+    cdef bint upstream_sent_head
+    cdef bint paused_upstream_reads
+    cdef bint tunnel
+
+    cdef int on_request_headers(self, bint end_stream) except -1
+    cdef int on_request_body(self, const char* p, Py_ssize_t n, bint end_stream) except -1
+    cdef int on_request_end(self) except -1
+    cdef int on_request_tunnel_data(self, const char* p, Py_ssize_t n) except -1
+    cdef int on_request_tunnel_eof(self) except -1
+    cdef int on_downstream_write_paused(self, bint paused) except -1
+    cdef int on_downstream_reset(self) except -1
+    cdef int send_local_reply(self, int status, object body, str reason, list headers) except -1
+    cdef int fail(self, object exc) except -1
+
+    cdef int _decode_continue(self) except -1
+    cdef int _start_upstream(self) except -1
+    cdef int _send_upstream_head(self) except -1
+    cdef int _send_upstream_data(self, object data) except -1
+    cdef int _send_upstream_end(self) except -1
+    cdef int _prepare_request_headers(self) except -1
+    cdef int _encode_response_headers(self) except -1
+    cdef int _forward_response_body(self, const char* p, size_t n, bint end) except -1
+    cdef int _finish(self) except -1
+    cdef int _cancel_timer(self) except -1
+    cdef int _filter_local_reply(self) except -1
+    cdef int _add_response_via(self) except -1

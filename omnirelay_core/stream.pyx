@@ -1,0 +1,742 @@
+# A codec-agnostic HTTP stream: one request/response exchange between a
+# downstream codec (HTTP/1.1 today, HTTP/2 later) and an upstream connection.
+# It runs the filter chain, the terminal router (pick cluster, pool, forward)
+# and owns timeouts and backpressure between the two sides.
+import asyncio
+import os
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.string cimport memcmp
+
+from omnirelay_core.headers cimport HeaderMap, ascii_ieq
+from omnirelay_core.buffers cimport ByteBuilder
+from omnirelay_core.upstream cimport UpstreamCallbacks, UpstreamConnection, Endpoint, Cluster
+from omnirelay_core.router cimport RouteEntry, RouteTable
+from omnirelay_core.filterchain cimport (FilterChain, FilterState, CONTINUE, STOP, LOCAL_REPLY,
+                                         REQUEST_HEADERS, REQUEST_BODY, REQUEST_TRAILERS,
+                                         RESPONSE_HEADERS, RESPONSE_BODY, RESPONSE_TRAILERS)
+from omnirelay_core.includes.llhttp cimport F_CONTENT_LENGTH, F_CHUNKED
+
+from omnirelay_core.errors import (ProxyError, NoRoute, BodyTooLarge, UpstreamTimeout,
+                                   UpstreamUnavailable)
+from omnirelay_core.errors cimport reason_phrase
+from omnirelay_core.filterchain import LocalReply
+from omnirelay_core.connection import _monotonic
+
+import logging
+_log = logging.getLogger("omnirelay.core")
+
+cdef ByteBuilder _out = ByteBuilder(8192)
+
+# Request-id: xorshift128+ seeded from the OS, reseeded in every forked worker.
+cdef unsigned long long _s0 = 0, _s1 = 0
+
+
+def reseed():
+    global _s0, _s1
+    r = os.urandom(16)
+    _s0 = int.from_bytes(r[:8], "little") | 1
+    _s1 = int.from_bytes(r[8:], "little") | 2
+
+
+reseed()
+os.register_at_fork(after_in_child=reseed)
+
+
+cdef inline unsigned long long _rand64() noexcept:
+    global _s0, _s1
+    cdef unsigned long long x = _s0, y = _s1
+    _s0 = y
+    x ^= x << 23
+    _s1 = x ^ y ^ (x >> 17) ^ (y >> 26)
+    return _s1 + y
+
+
+cdef bytes _new_request_id():
+    # UUIDv4 text form, built in C.
+    cdef char buf[36]
+    cdef const char* hexd = b"0123456789abcdef"
+    cdef unsigned long long a = _rand64(), b = _rand64()
+    cdef int i, k = 0
+    a = (a & 0xffffffffffff0fffULL) | 0x0000000000004000ULL
+    b = (b & 0x3fffffffffffffffULL) | 0x8000000000000000ULL
+    for i in range(36):
+        if i == 8 or i == 13 or i == 18 or i == 23:
+            buf[i] = 45
+            continue
+        if k < 16:
+            buf[i] = hexd[(a >> (60 - 4 * k)) & 15]
+        else:
+            buf[i] = hexd[(b >> (60 - 4 * (k - 16))) & 15]
+        k += 1
+    return PyBytes_FromStringAndSize(buf, 36)
+
+
+cdef class Stats:
+    def as_dict(self):
+        return {k: getattr(self, k) for k in (
+            "downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
+            "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
+            "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
+            "downstream_rq_local_reply", "downstream_rq_protocol_error",
+            "upstream_rq_total", "upstream_rq_timeout", "upstream_rq_reset",
+            "upstream_cx_connect_fail", "upstream_cx_reused")}
+
+
+cdef class ListenerState:
+    def __init__(self, str name, RouteTable routes, *, str via="omnirelay",
+                 int xff_trusted_hops=0, Py_ssize_t max_header_bytes=65536,
+                 double idle_timeout=300.0, double request_timeout=60.0,
+                 Py_ssize_t buffer_limit=1048576, str scheme="http", Stats stats=None):
+        self.name = name
+        self.routes = routes
+        self.via = via.encode("latin-1")
+        self.xff_trusted_hops = xff_trusted_hops
+        self.max_header_bytes = max_header_bytes
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self.buffer_limit = buffer_limit
+        self.scheme = scheme.encode()
+        self.stats = stats if stats is not None else Stats()
+
+
+cdef class DownstreamCodec:
+    cdef int encode_headers(self, HttpStream s, bint end_stream) except -1:
+        raise NotImplementedError
+    cdef int encode_data(self, HttpStream s, const char* p, Py_ssize_t n, bint end_stream) except -1:
+        raise NotImplementedError
+    cdef int encode_trailers(self, HttpStream s, HeaderMap trailers) except -1:
+        raise NotImplementedError
+    cdef int encode_continue(self, HttpStream s) except -1:
+        return 0
+    cdef int read_disable(self, HttpStream s, bint disable) except -1:
+        return 0
+    cdef int reset(self, HttpStream s) except -1:
+        return 0
+    cdef int stream_complete(self, HttpStream s) except -1:
+        return 0
+    cdef int start_tunnel(self, HttpStream s) except -1:
+        return 0
+    cdef int tunnel_write(self, HttpStream s, const char* p, Py_ssize_t n) except -1:
+        return 0
+    cdef int tunnel_eof(self, HttpStream s) except -1:
+        return 0
+
+
+# Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
+cdef tuple _HOP_BY_HOP = (b"connection", b"keep-alive", b"proxy-connection", b"te",
+                          b"trailer", b"transfer-encoding", b"upgrade", b"content-length")
+
+
+cdef int _strip_hop_by_hop(HeaderMap h, bint keep_upgrade) except -1:
+    cdef Py_ssize_t i = h.find(b"connection", 10, 0)
+    cdef bytes name
+    # Extra tokens named in Connection are hop-by-hop too.
+    while i >= 0:
+        for tok in PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len).split(b","):
+            name = tok.strip().lower()
+            if name and name not in (b"close", b"keep-alive", b"upgrade"):
+                h.remove_raw(name, len(name))
+        i = h.find(b"connection", 10, i + 1)
+    for name in _HOP_BY_HOP:
+        if keep_upgrade and name == b"upgrade":
+            continue
+        h.remove_raw(name, len(name))
+    return 0
+
+
+cdef class HttpStream(UpstreamCallbacks):
+
+    def __cinit__(self):
+        self.request_headers = HeaderMap()
+        self.response_headers = HeaderMap()
+        self.req_content_length = -1
+        self.resp_content_length = -1
+
+    @staticmethod
+    def create(DownstreamCodec codec, ListenerState listener, str peer):
+        return _new_stream(codec, listener, peer)
+
+    # ---- request path ----
+    cdef int on_request_headers(self, bint end_stream) except -1:
+        cdef const char* host = b""
+        cdef Py_ssize_t hl = 0, pl, i
+        cdef const char* path
+        cdef RouteEntry route
+        cdef int r
+        self.req_end = end_stream
+        i = self.request_headers.find(b"host", 4, 0)
+        if i >= 0:
+            host = self.request_headers.value_at(i)
+            hl = self.request_headers.entries[i].value_len
+        path = PyBytes_AS_STRING(self.target)
+        pl = len(self.target)
+        if self.is_connect:
+            host, hl = path, pl
+            path, pl = b"/", 1
+        elif pl and path[0] != 47 and path[0] != 42:
+            self._absolute_form()
+            path = PyBytes_AS_STRING(self.target)
+            pl = len(self.target)
+        for i in range(pl):
+            if path[i] == 63:   # '?'
+                pl = i
+                break
+        route = self.listener.routes.match(host, hl, path, pl, self.request_headers)
+        if route is None:
+            return self.fail(NoRoute("no route matched"))
+        self.route = route
+        if route.max_request_body >= 0 and self.req_content_length > route.max_request_body:
+            return self.fail(BodyTooLarge(f"request body of {self.req_content_length} bytes exceeds the route limit"))
+        if route.chain is not None:
+            self.fstate = route.chain.new_state()
+            if route.chain.has(REQUEST_HEADERS):
+                r = self.fstate.run(REQUEST_HEADERS, self, None, end_stream, 0)
+                if r == STOP:
+                    self.codec.read_disable(self, True)
+                    return 0
+                if r == LOCAL_REPLY:
+                    return self._filter_local_reply()
+        return self._decode_continue()
+
+    cdef int _filter_local_reply(self) except -1:
+        lr = self.fstate.local_reply
+        self.fstate.local_reply = None
+        return self.send_local_reply(lr.status, lr.body, lr.reason, lr.headers)
+
+    def _absolute_form(self):
+        # "GET http://host/path HTTP/1.1": route and forward the origin form.
+        t = self.target
+        rest = t.split(b"://", 1)[1] if b"://" in t else t
+        slash = rest.find(b"/")
+        self.target = rest[slash:] if slash >= 0 else b"/"
+
+    cdef int _decode_continue(self) except -1:
+        # Filters are done with the request head: go upstream.
+        if self.done:
+            return 0
+        self._prepare_request_headers()
+        if self.expect_continue:
+            self.codec.encode_continue(self)
+        return self._start_upstream()
+
+    cdef int _prepare_request_headers(self) except -1:
+        cdef HeaderMap h = self.request_headers
+        cdef Py_ssize_t i
+        cdef bytes v
+        if self.expect_continue:
+            h.remove_raw(b"expect", 6)
+        _strip_hop_by_hop(h, self.is_upgrade)
+        # X-Forwarded-For: append the peer; X-Forwarded-Proto: ours at the edge.
+        i = h.find(b"x-forwarded-for", 15, 0)
+        if i >= 0:
+            v = b", ".join([x.encode("latin-1") for x in h.getall("x-forwarded-for")])
+            h.remove_raw(b"x-forwarded-for", 15)
+            v = v + b", " + self.peer.encode()
+        else:
+            v = self.peer.encode()
+        h.add_raw(b"x-forwarded-for", 15, v, len(v))
+        if self.listener.xff_trusted_hops == 0 or h.find(b"x-forwarded-proto", 17, 0) < 0:
+            h.remove_raw(b"x-forwarded-proto", 17)
+            h.add_raw(b"x-forwarded-proto", 17, self.listener.scheme, len(self.listener.scheme))
+        i = h.find(b"via", 3, 0)
+        v = (b"1.1 " if self.http_minor else b"1.0 ") + self.listener.via
+        if i >= 0:
+            v = PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len) + b", " + v
+            h.remove_raw(b"via", 3)
+        h.add_raw(b"via", 3, v, len(v))
+        i = h.find(b"x-request-id", 12, 0)
+        if i >= 0 and 0 < h.entries[i].value_len <= 128:
+            self.request_id = PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len)
+        else:
+            h.remove_raw(b"x-request-id", 12)
+            self.request_id = _new_request_id()
+            h.add_raw(b"x-request-id", 12, self.request_id, 36)
+        return 0
+
+    cdef int _start_upstream(self) except -1:
+        cdef RouteEntry route = self.route
+        cdef Endpoint ep = route.cluster.pick()
+        cdef UpstreamConnection c
+        cdef double t = route.timeout
+        if route.per_try_timeout > 0 and (t <= 0 or route.per_try_timeout < t):
+            t = route.per_try_timeout
+        if t > 0 and not self.is_upgrade and not self.is_connect:
+            self.timer = asyncio.get_running_loop().call_later(t, self._on_timeout)
+        if ep is None:
+            return self.fail(UpstreamUnavailable("cluster has no endpoints",
+                                                 reason="no_healthy_upstream"))
+        self.listener.stats.upstream_rq_total += 1
+        c = ep.acquire()
+        if c is not None:
+            self.listener.stats.upstream_cx_reused += 1
+            return self.on_upstream_ready(c)
+        ep.connect(self)
+        return 0
+
+    def _on_timeout(self):
+        self.timer = None
+        if self.done or self.resp_end:
+            return
+        self.listener.stats.upstream_rq_timeout += 1
+        self.fail(UpstreamTimeout("upstream request timeout"))
+
+    cdef int on_upstream_ready(self, UpstreamConnection c) except -1:
+        if self.done or self.upstream is not None:
+            # The stream ended while connecting: keep the connection for others.
+            c.attach(None, False)
+            c.endpoint.release(c)
+            return 0
+        if not c.reused:
+            c.transport.set_write_buffer_limits(c.endpoint.cluster.buffer_limit)
+        self.upstream = c
+        c.attach(self, self.is_head)
+        if self.is_connect:
+            # CONNECT ends here: answer 200 ourselves and tunnel to the endpoint.
+            c.tunnel = True
+            self.status = 200
+            self.response_headers.clear()
+            self.resp_no_body = True
+            self.resp_started = True
+            self.codec.encode_headers(self, False)
+            self._cancel_timer()
+            self.tunnel = True
+            self.codec.start_tunnel(self)
+        else:
+            self._send_upstream_head()
+        if self.pending is not None:
+            pending = self.pending
+            self.pending = None
+            self.pending_bytes = 0
+            for item in pending:
+                self._send_upstream_data(item)
+            self.codec.read_disable(self, False)
+        if self.req_end and not self.is_connect and not self.is_upgrade:
+            self._send_upstream_end()
+        return 0
+
+    cdef int on_upstream_connect_failed(self, object exc) except -1:
+        self.listener.stats.upstream_cx_connect_fail += 1
+        if not self.done:
+            self.fail(exc)
+        return 0
+
+    cdef int _send_upstream_head(self) except -1:
+        cdef ByteBuilder out = _out
+        cdef HeaderMap h = self.request_headers
+        out.append_obj(self.method)
+        out.append(b" ", 1)
+        out.append_obj(self.target)
+        out.append(b" HTTP/1.1\r\n", 11)
+        if h.find(b"host", 4, 0) < 0:
+            out.append(b"host: ", 6)
+            out.append_obj(f"{self.upstream.endpoint.host}:{self.upstream.endpoint.port}".encode())
+            out.append(b"\r\n", 2)
+        h.serialize_into(out)
+        if self.is_upgrade:
+            out.append(b"connection: upgrade\r\n", 21)
+        elif self.req_chunked:
+            out.append(b"transfer-encoding: chunked\r\n", 28)
+        elif self.req_content_length >= 0:
+            out.append(b"content-length: ", 16)
+            out.append_int(self.req_content_length)
+            out.append(b"\r\n", 2)
+        out.append(b"\r\n", 2)
+        self.upstream_sent_head = True
+        self.upstream.write(out.take())
+        return 0
+
+    cdef int _send_upstream_data(self, object data) except -1:
+        cdef ByteBuilder out
+        cdef Py_ssize_t n = len(data)
+        if n == 0:
+            return 0
+        if self.req_chunked and not self.tunnel:
+            out = _out
+            out.append_hex(n)
+            out.append(b"\r\n", 2)
+            out.append_obj(data)
+            out.append(b"\r\n", 2)
+            data = out.take()
+        self.upstream.write(data)
+        return 0
+
+    cdef int _send_upstream_end(self) except -1:
+        cdef ByteBuilder out
+        if self.req_chunked:
+            out = _out
+            out.append(b"0\r\n", 3)
+            if self.request_trailers is not None:
+                self.request_trailers.serialize_into(out)
+            out.append(b"\r\n", 2)
+            self.upstream.write(out.take())
+        self.upstream.request_finished()
+        return 0
+
+    cdef int on_request_body(self, const char* p, Py_ssize_t n, bint end_stream) except -1:
+        cdef RouteEntry route = self.route
+        cdef object data
+        if self.done:
+            return 0
+        self.req_body_bytes += n
+        if route is not None and route.max_request_body >= 0 and self.req_body_bytes > route.max_request_body:
+            return self.fail(BodyTooLarge("request body exceeds the route limit"))
+        data = PyBytes_FromStringAndSize(p, n)
+        if self.fstate is not None and self.fstate.chain.has(REQUEST_BODY):
+            data = self.fstate.run_body(REQUEST_BODY, self, data, end_stream)
+            if data is None:
+                return 0
+            if isinstance(data, LocalReply):
+                return self.send_local_reply(data.status, data.body, data.reason, data.headers)
+        if self.upstream is not None and (self.upstream_sent_head or self.tunnel):
+            return self._send_upstream_data(data)
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(data)
+        self.pending_bytes += n
+        if self.pending_bytes > self.listener.buffer_limit:
+            self.codec.read_disable(self, True)
+        return 0
+
+    cdef int on_request_end(self) except -1:
+        if self.done:
+            return 0
+        self.req_end = True
+        if self.fstate is not None and self.fstate.buffered is not None:
+            data = self.fstate.run_body(REQUEST_BODY, self, b"", True)
+            if isinstance(data, LocalReply):
+                return self.send_local_reply(data.status, data.body, data.reason, data.headers)
+            if self.upstream is not None and self.upstream_sent_head:
+                self._send_upstream_data(data)
+            else:
+                if self.pending is None:
+                    self.pending = []
+                self.pending.append(data)
+        if self.upstream is not None and self.upstream_sent_head and not self.is_upgrade:
+            self._send_upstream_end()
+        if self.resp_end:
+            self._finish()
+        return 0
+
+    cdef int on_request_tunnel_data(self, const char* p, Py_ssize_t n) except -1:
+        data = PyBytes_FromStringAndSize(p, n)
+        if self.upstream is not None and self.tunnel:
+            self.upstream.write(data)
+        else:
+            if self.pending is None:
+                self.pending = []
+            self.pending.append(data)
+            self.pending_bytes += n
+            if self.pending_bytes > self.listener.buffer_limit:
+                self.codec.read_disable(self, True)
+        return 0
+
+    cdef int on_request_tunnel_eof(self) except -1:
+        if self.upstream is not None and self.tunnel:
+            try:
+                self.upstream.transport.write_eof()
+            except Exception:
+                self.upstream.close()
+        elif not self.tunnel:
+            self.fail(UpstreamUnavailable("client closed before the tunnel opened"))
+        return 0
+
+    # ---- response path ----
+    cdef int on_upstream_headers(self, UpstreamConnection c) except -1:
+        cdef HeaderMap tmp
+        cdef int r
+        if self.done:
+            return 0
+        self.status = c.parser.p.status_code
+        # Swap maps instead of copying: the parser gets our empty one back.
+        tmp = self.response_headers
+        self.response_headers = c.parser.headers
+        c.parser.headers = tmp
+        tmp.clear()
+        if self.is_head or self.status == 204 or self.status == 304:
+            self.resp_no_body = True
+        if (c.parser.p.flags & F_CONTENT_LENGTH) and not (c.parser.p.flags & F_CHUNKED):
+            self.resp_content_length = c.parser.p.content_length
+        elif not self.resp_no_body:
+            self.resp_content_length = -1
+        if self.status == 101 and self.is_upgrade:
+            _strip_hop_by_hop(self.response_headers, True)
+            self._cancel_timer()
+        else:
+            _strip_hop_by_hop(self.response_headers, False)
+        self._add_response_via()
+        if self.fstate is not None and self.fstate.chain.has(RESPONSE_HEADERS):
+            self.resp_has_body_filters = self.fstate.chain.has(RESPONSE_BODY)
+            r = self.fstate.run(RESPONSE_HEADERS, self, None, False, 0)
+            if r == STOP:
+                c.pause_reading()
+                self.paused_upstream_reads = True
+                return 0
+            if r == LOCAL_REPLY:
+                return self._filter_local_reply()
+        elif self.fstate is not None:
+            self.resp_has_body_filters = self.fstate.chain.has(RESPONSE_BODY)
+        return self._encode_response_headers()
+
+    cdef int _add_response_via(self) except -1:
+        cdef HeaderMap h = self.response_headers
+        cdef bytes v = b"1.1 " + self.listener.via
+        cdef Py_ssize_t i = h.find(b"via", 3, 0)
+        if i >= 0:
+            v = PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len) + b", " + v
+            h.remove_raw(b"via", 3)
+        h.add_raw(b"via", 3, v, len(v))
+        return 0
+
+    cdef int _encode_response_headers(self) except -1:
+        self.resp_started = True
+        self.codec.encode_headers(self, self.resp_no_body and self.status != 101)
+        if self.status == 101 and self.is_upgrade:
+            self.tunnel = True
+            self.codec.start_tunnel(self)
+            if self.pending is not None:
+                pending = self.pending
+                self.pending = None
+                self.pending_bytes = 0
+                for item in pending:
+                    self.upstream.write(item)
+                self.codec.read_disable(self, False)
+        elif self.resp_no_body:
+            self.resp_end = True
+        return 0
+
+    cdef int on_upstream_body(self, const char* p, size_t n) except -1:
+        if self.done:
+            return 0
+        self.resp_body_bytes += n
+        return self._forward_response_body(p, n, False)
+
+    cdef int _forward_response_body(self, const char* p, size_t n, bint end) except -1:
+        cdef object data
+        if self.fstate is not None and self.resp_has_body_filters:
+            data = self.fstate.run_body(RESPONSE_BODY, self,
+                                        PyBytes_FromStringAndSize(p, n), end)
+            if data is None:
+                return 0
+            if isinstance(data, LocalReply):
+                if not self.resp_started:
+                    return self.send_local_reply(data.status, data.body, data.reason, data.headers)
+                return self.codec.reset(self)
+            return self.codec.encode_data(self, PyBytes_AS_STRING(data), len(data), end)
+        return self.codec.encode_data(self, p, n, end)
+
+    cdef int on_upstream_complete(self, UpstreamConnection c) except -1:
+        cdef HeaderMap t
+        if self.done:
+            return 0
+        if c.parser.trailers.live:
+            t = c.parser.trailers
+            c.parser.trailers = HeaderMap()
+            self.response_trailers = t
+        self.upstream = None if c.request_done else self.upstream
+        if not self.resp_no_body:
+            if self.response_trailers is not None:
+                self._forward_response_body(b"", 0, False)
+                self.codec.encode_trailers(self, self.response_trailers)
+            else:
+                self._forward_response_body(b"", 0, True)
+        self.resp_end = True
+        self._cancel_timer()
+        if self.req_end or not self.upstream_sent_head:
+            self._finish()
+        else:
+            # Early response while the client is still sending: stop forwarding.
+            self._finish()
+        return 0
+
+    cdef int on_upstream_reset(self, object exc) except -1:
+        cdef UpstreamConnection c = self.upstream
+        self.upstream = None
+        if self.done:
+            return 0
+        self.listener.stats.upstream_rq_reset += 1
+        if (c is not None and c.reused and not c.got_bytes and not self.resp_started
+                and self.req_body_bytes == 0 and not self.tunnel):
+            # A pooled connection the upstream closed as we reused it: one fresh try.
+            self.upstream_sent_head = False
+            c.endpoint.connect(self)
+            return 0
+        return self.fail(exc)
+
+    cdef int on_upstream_tunnel_data(self, const char* p, size_t n) except -1:
+        return self.codec.tunnel_write(self, p, n)
+
+    cdef int on_upstream_tunnel_eof(self) except -1:
+        return self.codec.tunnel_eof(self)
+
+    cdef int on_upstream_write_paused(self, bint paused) except -1:
+        return self.codec.read_disable(self, paused)
+
+    cdef int on_downstream_write_paused(self, bint paused) except -1:
+        # The client reads slower than the upstream sends: stop reading upstream.
+        cdef UpstreamConnection c = self.upstream
+        if c is not None and not self.paused_upstream_reads:
+            if paused:
+                c.pause_reading()
+            else:
+                c.resume_reading()
+        return 0
+
+    cdef int on_downstream_reset(self) except -1:
+        # Client went away: abandon the exchange and never reuse its upstream.
+        if self.upstream is not None:
+            self.upstream.detach_and_close()
+            self.upstream = None
+        if not self.done:
+            self.resp_end = True
+            self._finish()
+        return 0
+
+    # ---- endings ----
+    cdef int fail(self, object exc) except -1:
+        cdef int status = getattr(exc, "status", 502)
+        if self.done:
+            return 0
+        if self.upstream is not None:
+            self.upstream.detach_and_close()
+            self.upstream = None
+        if self.resp_started:
+            # Never let a truncated body look complete: reset the client.
+            self.local_reason = getattr(exc, "reason", "error")
+            self.codec.reset(self)
+            self.resp_end = True
+            self._finish()
+            return 0
+        return self.send_local_reply(status, (str(exc) + "\n").encode(),
+                                     getattr(exc, "reason", "error"), None)
+
+    cdef int send_local_reply(self, int status, object body, str reason, list headers) except -1:
+        cdef bytes b = body if isinstance(body, bytes) else bytes(body)
+        cdef HeaderMap h = self.response_headers
+        if self.done or self.resp_started:
+            return 0
+        if self.upstream is not None:
+            self.upstream.detach_and_close()
+            self.upstream = None
+        self.listener.stats.downstream_rq_local_reply += 1
+        self.local_reason = reason
+        self.status = status
+        h.clear()
+        if b:
+            h.add_raw(b"content-type", 12, b"text/plain; charset=utf-8", 25)
+        if reason:
+            h.add(b"x-omnirelay-reason", reason)
+        for name, value in headers or ():
+            h.add(name, value)
+        if self.request_id is not None:
+            h.add_raw(b"x-request-id", 12, self.request_id, len(self.request_id))
+        self.resp_content_length = len(b)
+        self.resp_no_body = self.is_head or len(b) == 0
+        self.resp_has_body_filters = False
+        self.resp_started = True
+        self.codec.encode_headers(self, self.resp_no_body)
+        if not self.resp_no_body:
+            self.codec.encode_data(self, PyBytes_AS_STRING(b), len(b), True)
+        self.resp_end = True
+        self._cancel_timer()
+        self._finish()
+        return 0
+
+    cdef int _cancel_timer(self) except -1:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        return 0
+
+    cdef int _finish(self) except -1:
+        cdef Stats st = self.listener.stats
+        cdef int cls
+        if self.done:
+            return 0
+        self.done = True
+        self._cancel_timer()
+        st.downstream_rq_active -= 1
+        cls = self.status // 100
+        if cls == 2:
+            st.downstream_rq_2xx += 1
+        elif cls == 3:
+            st.downstream_rq_3xx += 1
+        elif cls == 4:
+            st.downstream_rq_4xx += 1
+        elif cls == 5:
+            st.downstream_rq_5xx += 1
+        elif cls == 1:
+            st.downstream_rq_1xx += 1
+        if self.upstream is not None and not self.tunnel and not self.upstream.request_done:
+            # Response ended before the request did: the connection can't be reused.
+            self.upstream.detach_and_close()
+            self.upstream = None
+        if self.fstate is not None:
+            self.fstate.run_log(self)
+        self.codec.stream_complete(self)
+        return 0
+
+    # ---- Python API for filters ----
+    def resume(self):
+        """Continue a stream that a filter paused with STOP."""
+        cdef FilterState st = self.fstate
+        cdef int hook, r
+        if st is None or st.paused_hook < 0 or self.done:
+            return
+        hook = st.paused_hook
+        st.paused_hook = -1
+        try:
+            r = st.run(hook, self, None, self.req_end if hook == REQUEST_HEADERS else False,
+                       st.paused_at + 1)
+            if r == STOP:
+                return
+            if r == LOCAL_REPLY:
+                self._filter_local_reply()
+                return
+            if hook == REQUEST_HEADERS:
+                self.codec.read_disable(self, False)
+                self._decode_continue()
+            elif hook == RESPONSE_HEADERS:
+                self._encode_response_headers()
+                self.paused_upstream_reads = False
+                if self.upstream is not None:
+                    self.upstream.resume_reading()
+        except ProxyError as e:
+            self.fail(e)
+
+    def reply(self, int status, body=b"", headers=None, reason="filter"):
+        """Answer the client now (from a filter or after an async check)."""
+        if isinstance(body, str):
+            body = body.encode()
+        self.send_local_reply(status, body, reason, list(headers or ()))
+
+    @property
+    def path(self):
+        return self.target.decode("latin-1")
+
+    @property
+    def method_name(self):
+        return self.method.decode("latin-1")
+
+    @property
+    def authority(self):
+        return self.request_headers.get("host")
+
+    @property
+    def route_name(self):
+        return self.route.name if self.route is not None else None
+
+    @property
+    def cluster_name(self):
+        return self.route.cluster.name if self.route is not None else None
+
+
+cdef HttpStream _new_stream(DownstreamCodec codec, ListenerState listener, str peer):
+    cdef HttpStream s = HttpStream.__new__(HttpStream)
+    s.codec = codec
+    s.listener = listener
+    s.peer = peer
+    s.start_time = _monotonic()
+    listener.stats.downstream_rq_total += 1
+    listener.stats.downstream_rq_active += 1
+    return s
