@@ -1,0 +1,1 @@
+"""Built-in HTTP filters, registered as omnirelay.filters.http.<name>."""

@@ -1,0 +1,1 @@
+"""Process runtime: building core tables from config, the supervisor and workers."""
