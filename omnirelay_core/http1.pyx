@@ -96,6 +96,14 @@ cdef class Http1Parser:
     cdef bint should_keep_alive(self) noexcept:
         return llhttp_should_keep_alive(&self.p)
 
+    def feed(self, data):
+        """Parse bytes from Python (tests, micro benchmarks): returns
+        (bytes consumed, llhttp errno)."""
+        cdef bytes b = bytes(data)
+        cdef size_t consumed = 0
+        cdef int err = self.execute(<const char*>b, len(b), &consumed)
+        return consumed, err
+
     # ---- read-only views for the connection and tests ----
     @property
     def method(self):

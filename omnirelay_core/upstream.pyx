@@ -139,6 +139,15 @@ cdef class Endpoint:
                 c.close()
         return 0
 
+    def adopt(self, transport):
+        """Add an already-connected transport to the idle pool (used by the
+        in-memory harness in bench/micro; real connections come from connect)."""
+        cdef UpstreamConnection c = _new_upstream(self)
+        c.connection_made(transport)
+        self.active += 1
+        self.release(c)
+        return c
+
     def close_idle(self):
         for c in self.idle:
             (<UpstreamConnection>c).close()
