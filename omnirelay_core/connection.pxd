@@ -3,6 +3,7 @@ from omnirelay_core.buffers cimport BufferPool
 
 
 cdef BufferPool worker_pool()
+cdef double monotonic() noexcept
 
 
 cdef class Connection(Http1Events):

@@ -5,7 +5,7 @@ import socket
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from omnirelay_core.includes.llhttp cimport *
-from omnirelay_core.connection cimport Connection
+from omnirelay_core.connection cimport Connection, monotonic
 from omnirelay_core.http1 cimport Http1Parser, method_bytes
 from omnirelay_core.headers cimport HeaderMap
 from omnirelay_core.buffers cimport ByteBuilder
@@ -14,7 +14,6 @@ from omnirelay_core.stream cimport (HttpStream, DownstreamCodec, ListenerState, 
 from omnirelay_core.errors cimport reason_phrase
 
 from omnirelay_core.errors import ProxyError, BadRequest, RequestTimeout
-from omnirelay_core.connection import _monotonic
 
 import logging
 _log = logging.getLogger("omnirelay.core")
@@ -141,6 +140,7 @@ cdef class Http1ServerConnection(Connection):
     cdef Http1Codec codec
     cdef HttpStream stream
     cdef str peer
+    cdef bytes peer_bytes
     cdef bint parse_paused
     cdef bint in_parse
     cdef bint tunnel
@@ -152,6 +152,7 @@ cdef class Http1ServerConnection(Connection):
         Connection.connection_made(self, transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "unknown"
+        self.peer_bytes = self.peer.encode()
         transport.set_write_buffer_limits(self.listener.state.buffer_limit)
         self.listener.connections.add(self)
         self.listener.stats.downstream_cx_total += 1
@@ -166,7 +167,7 @@ cdef class Http1ServerConnection(Connection):
                 self.stream.on_request_tunnel_data((<char*>self.slab) + self.start, self.end - self.start)
             self.consumed_all()
             return 0
-        self.last_activity = _monotonic()
+        self.last_activity = monotonic()
         if self.in_parse:
             return 0
         self.in_parse = True
@@ -207,7 +208,7 @@ cdef class Http1ServerConnection(Connection):
         self.close_after = True
         self.parse_paused = True
         if s is None or s.done:
-            s = _new_stream(self.codec, self.listener.state, self.peer)
+            s = _new_stream(self.codec, self.listener.state, self.peer, self.peer_bytes)
             self.stream = s
         s.keep_alive = False
         s.req_end = True
@@ -222,7 +223,7 @@ cdef class Http1ServerConnection(Connection):
     cdef int on_message_begin(self) except -1:
         cdef ListenerState st = self.listener.state
         self.parser.max_header_bytes = st.max_header_bytes
-        self.stream = _new_stream(self.codec, st, self.peer)
+        self.stream = _new_stream(self.codec, st, self.peer, self.peer_bytes)
         self.request_started = self.last_activity
         return 0
 

@@ -30,6 +30,8 @@ cdef class ListenerState:
     cdef readonly str name
     cdef readonly RouteTable routes
     cdef readonly bytes via
+    cdef bytes via11
+    cdef bytes via10
     cdef readonly int xff_trusted_hops
     cdef readonly Py_ssize_t max_header_bytes
     cdef readonly double idle_timeout
@@ -54,7 +56,7 @@ cdef class DownstreamCodec:
     cdef int tunnel_eof(self, HttpStream s) except -1
 
 
-cdef HttpStream _new_stream(DownstreamCodec codec, ListenerState listener, str peer)
+cdef HttpStream _new_stream(DownstreamCodec codec, ListenerState listener, str peer, bytes peer_bytes)
 
 cdef class HttpStream(UpstreamCallbacks):
     cdef DownstreamCodec codec
@@ -68,6 +70,7 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef readonly int http_minor
     cdef readonly int status
     cdef readonly str peer
+    cdef bytes peer_bytes
     cdef public bytes request_id
     cdef readonly RouteEntry route
     cdef UpstreamConnection upstream
@@ -98,6 +101,7 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef public bint resp_end
     cdef readonly bint done
     cdef bint upstream_sent_head
+    cdef bint upstream_end_sent
     cdef bint paused_upstream_reads
     cdef bint tunnel
 

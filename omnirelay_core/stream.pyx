@@ -9,6 +9,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcmp
 
 from omnirelay_core.headers cimport HeaderMap, ascii_ieq
+from omnirelay_core.connection cimport monotonic
 from omnirelay_core.buffers cimport ByteBuilder
 from omnirelay_core.upstream cimport UpstreamCallbacks, UpstreamConnection, Endpoint, Cluster
 from omnirelay_core.router cimport RouteEntry, RouteTable
@@ -17,11 +18,10 @@ from omnirelay_core.filterchain cimport (FilterChain, FilterState, CONTINUE, STO
                                          RESPONSE_HEADERS, RESPONSE_BODY, RESPONSE_TRAILERS)
 from omnirelay_core.includes.llhttp cimport F_CONTENT_LENGTH, F_CHUNKED
 
-from omnirelay_core.errors import (ProxyError, NoRoute, BodyTooLarge, UpstreamTimeout,
+from omnirelay_core.errors import (ProxyError, BadRequest, NoRoute, BodyTooLarge, UpstreamTimeout,
                                    UpstreamUnavailable)
 from omnirelay_core.errors cimport reason_phrase
 from omnirelay_core.filterchain import LocalReply
-from omnirelay_core.connection import _monotonic
 
 import logging
 _log = logging.getLogger("omnirelay.core")
@@ -91,6 +91,8 @@ cdef class ListenerState:
         self.name = name
         self.routes = routes
         self.via = via.encode("latin-1")
+        self.via11 = b"1.1 " + self.via
+        self.via10 = b"1.0 " + self.via
         self.xff_trusted_hops = xff_trusted_hops
         self.max_header_bytes = max_header_bytes
         self.idle_timeout = idle_timeout
@@ -153,9 +155,6 @@ cdef class HttpStream(UpstreamCallbacks):
         self.req_content_length = -1
         self.resp_content_length = -1
 
-    @staticmethod
-    def create(DownstreamCodec codec, ListenerState listener, str peer):
-        return _new_stream(codec, listener, peer)
 
     # ---- request path ----
     cdef int on_request_headers(self, bint end_stream) except -1:
@@ -165,10 +164,18 @@ cdef class HttpStream(UpstreamCallbacks):
         cdef RouteEntry route
         cdef int r
         self.req_end = end_stream
+        i = self.request_headers.find(b"x-request-id", 12, 0)
+        if i >= 0 and 0 < self.request_headers.entries[i].value_len <= 128:
+            self.request_id = PyBytes_FromStringAndSize(
+                self.request_headers.value_at(i), self.request_headers.entries[i].value_len)
+        else:
+            self.request_id = _new_request_id()
         i = self.request_headers.find(b"host", 4, 0)
         if i >= 0:
             host = self.request_headers.value_at(i)
             hl = self.request_headers.entries[i].value_len
+        elif self.http_minor >= 1:
+            return self.fail(BadRequest("HTTP/1.1 request without a Host header"))
         path = PyBytes_AS_STRING(self.target)
         pl = len(self.target)
         if self.is_connect:
@@ -232,26 +239,25 @@ cdef class HttpStream(UpstreamCallbacks):
         if i >= 0:
             v = b", ".join([x.encode("latin-1") for x in h.getall("x-forwarded-for")])
             h.remove_raw(b"x-forwarded-for", 15)
-            v = v + b", " + self.peer.encode()
+            v = v + b", " + self.peer_bytes
         else:
-            v = self.peer.encode()
+            v = self.peer_bytes
         h.add_raw(b"x-forwarded-for", 15, v, len(v))
         if self.listener.xff_trusted_hops == 0 or h.find(b"x-forwarded-proto", 17, 0) < 0:
             h.remove_raw(b"x-forwarded-proto", 17)
             h.add_raw(b"x-forwarded-proto", 17, self.listener.scheme, len(self.listener.scheme))
         i = h.find(b"via", 3, 0)
-        v = (b"1.1 " if self.http_minor else b"1.0 ") + self.listener.via
+        v = self.listener.via11 if self.http_minor else self.listener.via10
         if i >= 0:
             v = PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len) + b", " + v
             h.remove_raw(b"via", 3)
         h.add_raw(b"via", 3, v, len(v))
         i = h.find(b"x-request-id", 12, 0)
-        if i >= 0 and 0 < h.entries[i].value_len <= 128:
-            self.request_id = PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len)
-        else:
+        if i < 0 or h.entries[i].value_len != len(self.request_id) or memcmp(
+                h.value_at(i), PyBytes_AS_STRING(self.request_id), len(self.request_id)) != 0:
+            # Absent or unusable (empty, oversized): replace with ours.
             h.remove_raw(b"x-request-id", 12)
-            self.request_id = _new_request_id()
-            h.add_raw(b"x-request-id", 12, self.request_id, 36)
+            h.add_raw(b"x-request-id", 12, self.request_id, len(self.request_id))
         return 0
 
     cdef int _start_upstream(self) except -1:
@@ -363,6 +369,9 @@ cdef class HttpStream(UpstreamCallbacks):
 
     cdef int _send_upstream_end(self) except -1:
         cdef ByteBuilder out
+        if self.upstream_end_sent:
+            return 0
+        self.upstream_end_sent = True
         if self.req_chunked:
             out = _out
             out.append(b"0\r\n", 3)
@@ -480,7 +489,7 @@ cdef class HttpStream(UpstreamCallbacks):
 
     cdef int _add_response_via(self) except -1:
         cdef HeaderMap h = self.response_headers
-        cdef bytes v = b"1.1 " + self.listener.via
+        cdef bytes v = self.listener.via11
         cdef Py_ssize_t i = h.find(b"via", 3, 0)
         if i >= 0:
             v = PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len) + b", " + v
@@ -541,12 +550,9 @@ cdef class HttpStream(UpstreamCallbacks):
             else:
                 self._forward_response_body(b"", 0, True)
         self.resp_end = True
-        self._cancel_timer()
-        if self.req_end or not self.upstream_sent_head:
-            self._finish()
-        else:
-            # Early response while the client is still sending: stop forwarding.
-            self._finish()
+        # An early response (client still sending) also ends the stream here;
+        # the codec then closes the client connection.
+        self._finish()
         return 0
 
     cdef int on_upstream_reset(self, object exc) except -1:
@@ -559,6 +565,7 @@ cdef class HttpStream(UpstreamCallbacks):
                 and self.req_body_bytes == 0 and not self.tunnel):
             # A pooled connection the upstream closed as we reused it: one fresh try.
             self.upstream_sent_head = False
+            self.upstream_end_sent = False
             c.endpoint.connect(self)
             return 0
         return self.fail(exc)
@@ -731,12 +738,14 @@ cdef class HttpStream(UpstreamCallbacks):
         return self.route.cluster.name if self.route is not None else None
 
 
-cdef HttpStream _new_stream(DownstreamCodec codec, ListenerState listener, str peer):
+cdef HttpStream _new_stream(DownstreamCodec codec, ListenerState listener, str peer,
+                           bytes peer_bytes):
     cdef HttpStream s = HttpStream.__new__(HttpStream)
     s.codec = codec
     s.listener = listener
     s.peer = peer
-    s.start_time = _monotonic()
+    s.peer_bytes = peer_bytes
+    s.start_time = monotonic()
     listener.stats.downstream_rq_total += 1
     listener.stats.downstream_rq_active += 1
     return s

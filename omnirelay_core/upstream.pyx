@@ -3,10 +3,9 @@
 import asyncio
 
 from omnirelay_core.includes.llhttp cimport HPE_OK, HPE_PAUSED, HPE_PAUSED_UPGRADE
-from omnirelay_core.connection cimport Connection
+from omnirelay_core.connection cimport Connection, monotonic
 from omnirelay_core.http1 cimport Http1Parser
 
-from omnirelay_core.connection import _monotonic
 from omnirelay_core.errors import (UpstreamUnavailable, UpstreamReset,
                                    UpstreamProtocolError, UpstreamTimeout)
 
@@ -115,7 +114,7 @@ cdef class Endpoint:
             c.close()
             return
         c.cb = None
-        c.idle_since = _monotonic()
+        c.idle_since = monotonic()
         self.idle.append(c)
 
     cdef void forget(self, UpstreamConnection c):
@@ -252,7 +251,11 @@ cdef class UpstreamConnection(Connection):
                 self.parser.resume()
                 if self.start < self.end and not self.tunnel:
                     # Bytes after a complete response we did not ask for.
+                    cb = self.cb
+                    self.endpoint.forget(self)
                     self.detach_and_close()
+                    if cb is not None:
+                        cb.on_upstream_reset(UpstreamProtocolError("data after a complete response"))
                     break
         self.consumed_all()
         return 0
