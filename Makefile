@@ -1,0 +1,121 @@
+# OmniRelay developer entry points. The README opens with `make run-demo` and `make test`;
+# .ci/run calls `make test` on a fresh machine, so `setup` installs everything it needs.
+#
+# Every target is idempotent: a second `make setup` only re-checks the system packages
+# (dpkg -s, well under a second) unless setup.py, pyproject.toml or a Cython source changed.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# System packages: a compiler for the Cython core, curl for the demo, nginx + wrk for the
+# end-to-end benchmark and the integration tests that compare against nginx.
+APT_PACKAGES ?= build-essential curl nginx-light wrk
+PYTEST_ARGS ?=
+BENCH_E2E_ARGS ?=
+LINT_PATHS := $(wildcard omnirelay omnirelay_core meshkit tests bench)
+PROTO_OUT ?= omnirelay/_protos
+
+# The editable install compiles every .pyx; rebuild when any Cython source, or the set of
+# them, changes (SOURCES_LIST is rewritten only when a file is added or removed).
+CORE_SOURCES := $(sort $(shell find omnirelay_core \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' \) 2>/dev/null))
+STAMP := $(VENV)/.omnirelay-setup.stamp
+SOURCES_LIST := $(VENV)/.omnirelay-core-sources
+
+.PHONY: help setup sysdeps test bench bench-micro bench-e2e run-demo lint wheel protos clean distclean FORCE
+
+help:
+	@echo "make setup      system packages (apt, as root), $(VENV), editable install + Cython build"
+	@echo "make test       run the test suite (pytest -q; slow tests excluded)"
+	@echo "make bench      micro benchmarks (pytest-benchmark) + end-to-end wrk run vs nginx/aiohttp"
+	@echo "make run-demo   start a demo upstream and an edge proxy"
+	@echo "make lint       ruff check"
+	@echo "make wheel      build a wheel for this machine into dist/"
+	@echo "make protos     generate Python modules from protos/*.proto (no-op when there are none)"
+	@echo "make clean      remove build outputs and the setup stamp; distclean also removes $(VENV)"
+
+setup: $(STAMP)
+
+# Checked on every run (cheap); apt-get runs only when a package is missing.
+sysdeps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  if [ "$$p" = nginx-light ] && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1; then continue; fi; \
+	  dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v dpkg >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "setup: no dpkg/apt-get here; install these yourself:$$missing" >&2; exit 0; \
+	fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "setup: not root, skipping apt-get; missing system packages:$$missing" >&2; \
+	  echo "setup: run as root: apt-get update && apt-get install -y$$missing" >&2; exit 0; \
+	fi; \
+	echo "setup: installing system packages:$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -q; \
+	apt-get install -y -q --no-install-recommends $$missing
+
+$(SOURCES_LIST): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(CORE_SOURCES)' | cmp -s - $@ || echo '$(CORE_SOURCES)' > $@
+
+$(STAMP): setup.py pyproject.toml $(CORE_SOURCES) $(SOURCES_LIST) | sysdeps
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "setup: $(PYTHON) is $$($(PYTHON) -V 2>&1); Python >= 3.11 is required (set PYTHON=...)" >&2; exit 1; }
+	@if ! $(PY) -c 'import pip' >/dev/null 2>&1; then \
+	  echo "setup: creating $(VENV) with $$($(PYTHON) -V 2>&1)"; \
+	  $(PYTHON) -m venv --clear $(VENV); \
+	  echo '$(CORE_SOURCES)' > $(SOURCES_LIST); \
+	fi
+	$(PIP) install -q --disable-pip-version-check --upgrade pip
+	$(PIP) install --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+test: setup
+	@rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -ne 0 ]; then echo "make test: pytest exited with status $$rc" >&2; fi; \
+	exit $$rc
+
+bench: bench-micro bench-e2e
+
+bench-micro: setup
+	$(PY) -m pytest bench/micro --benchmark-only -q
+
+bench-e2e: setup
+	$(PY) bench/e2e/run.py $(BENCH_E2E_ARGS)
+
+run-demo: setup
+	$(VENV)/bin/omnirelay run --demo
+
+lint: setup
+	$(PY) -m ruff check $(LINT_PATHS)
+
+wheel: setup
+	PYTHON=$(PY) bash wheels/build.sh
+
+# Placeholder until the first .proto lands: succeeds without doing anything when there are none.
+protos:
+	@shopt -s nullglob; files=(protos/*.proto); \
+	if [ $${#files[@]} -eq 0 ]; then echo "protos: no protos/*.proto; nothing to generate"; exit 0; fi; \
+	$(PY) -c 'import grpc_tools' 2>/dev/null || \
+	  { echo "protos: grpc_tools missing; run make setup, then $(PIP) install grpcio-tools" >&2; exit 1; }; \
+	mkdir -p $(PROTO_OUT); \
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
+	  --grpc_python_out=$(PROTO_OUT) "$${files[@]}"
+
+clean:
+	rm -rf build dist *.egg-info
+	@shopt -s globstar nullglob; \
+	for pyx in omnirelay_core/**/*.pyx; do rm -f "$${pyx%.pyx}.c" "$${pyx%.pyx}.cpp" "$${pyx%.pyx}.html"; done; \
+	find omnirelay_core -name '*.so' -delete
+	rm -f $(STAMP) $(SOURCES_LIST)
+
+distclean: clean
+	rm -rf $(VENV)
+
+FORCE:

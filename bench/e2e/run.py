@@ -1,0 +1,596 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: OmniRelay against nginx and aiohttp, measured in the same run.
+
+One nginx upstream on 127.0.0.1 serves a 13-byte body on `/` and a 1 MiB static file on `/1m`.
+Each peer is a 1-worker proxy in front of it (or nothing, for `direct`). wrk (1 thread) loads
+each peer in turn, round-robin over the peers for --rounds rounds, and the median per peer is
+kept, so that noise from other work on a shared machine lands on every peer alike.
+
+Prints one JSON object to stdout; progress goes to stderr. Exit status: 0 when every chosen
+peer ran, 1 when one failed to start or to serve (its reason is in `failed_peers`), 2 with
+--check-targets when a target was missed.
+
+    .venv/bin/python bench/e2e/run.py                       # all peers, 3 rounds of 5 s
+    .venv/bin/python bench/e2e/run.py --peers direct,nginx,aiohttp --duration 2 --rounds 1
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+HOST = "127.0.0.1"  # every process binds here and all traffic stays on loopback
+SMALL_PATH, SMALL_BODY = "/", b"hello, world\n"
+LARGE_PATH, LARGE_SIZE = "/1m", 1 << 20
+WRK_TIMEOUT = "2s"  # per request; slower responses count as wrk timeouts
+READY_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+
+# ratio name -> (comparison, target)
+TARGETS = {
+    "omnirelay_over_nginx_rps": (">=", 0.6),
+    "omnirelay_over_aiohttp_rps": (">=", 3.0),
+    "omnirelay_over_nginx_p99": ("<=", 2.0),
+    "omnirelay_over_nginx_1m_throughput": (">=", 0.5),
+}
+LARGE_PEERS = ("direct", "nginx", "omnirelay")  # peers measured on the 1 MiB body
+
+
+def omnirelay_config(port: int, upstream_port: int) -> str:
+    """The OmniRelay config under test: one listener, one catch-all route, one cluster."""
+    return f"""\
+spec:
+  listeners:
+    - {{name: bench, address: {HOST}, port: {port}}}
+  routes:
+    - {{name: all, match: {{path: {{prefix: /}}}}, cluster: upstream}}
+  clusters:
+    - {{name: upstream, endpoints: [{{address: {HOST}, port: {upstream_port}}}]}}
+"""
+
+
+def nginx_conf(name: str, tmp: Path, server_body: str, http_extra: str = "") -> str:
+    """A single-process nginx (no master, one worker) whose files all live under tmp."""
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {tmp}/{name}-{kind}-temp;"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}-error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+{temp_paths}
+    default_type text/plain;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+{http_extra}
+    server {{
+{server_body}
+    }}
+}}
+"""
+
+
+def upstream_conf(tmp: Path, port: int) -> str:
+    body = SMALL_BODY.decode().replace("\n", "\\n")  # nginx unescapes \n in quoted strings
+    return nginx_conf("upstream", tmp, f"""\
+        listen {HOST}:{port} backlog=4096;
+        location = {SMALL_PATH} {{ return 200 "{body}"; }}
+        location = {LARGE_PATH} {{ root {tmp}/www; }}""")
+
+
+def nginx_proxy_conf(tmp: Path, port: int, upstream_port: int) -> str:
+    upstream_block = f"""\
+    upstream backend {{
+        server {HOST}:{upstream_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}"""
+    return nginx_conf("nginx", tmp, f"""\
+        listen {HOST}:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffer_size 16k;
+            proxy_buffers 16 64k;
+            proxy_busy_buffers_size 256k;
+            proxy_max_temp_file_size 0;
+        }}""", http_extra=upstream_block)
+
+
+@dataclass
+class Bench:
+    tmp: Path
+    nginx: str
+    omnirelay: str
+    upstream_port: int = 0
+
+    def write(self, name: str, text: str) -> str:
+        path = self.tmp / name
+        path.write_text(text)
+        return str(path)
+
+    def nginx_argv(self, name: str, conf: str) -> list[str]:
+        return [self.nginx, "-p", str(self.tmp), "-e", str(self.tmp / f"{name}-error.log"),
+                "-c", self.write(f"{name}.conf", conf)]
+
+
+# Peer name -> argv of the proxy listening on `port` in front of the upstream; None means wrk
+# loads the upstream itself. Every proxy runs with exactly one worker.
+PEERS = {
+    "direct": None,
+    "nginx": lambda b, port: b.nginx_argv("nginx",
+                                          nginx_proxy_conf(b.tmp, port, b.upstream_port)),
+    "omnirelay": lambda b, port: [b.omnirelay, "run", "--workers", "1", "--config",
+                                  b.write("omnirelay.yaml", omnirelay_config(port, b.upstream_port))],
+    "aiohttp": lambda b, port: [sys.executable, str(HERE / "aiohttp_proxy.py"), "--host", HOST,
+                                "--port", str(port), "--upstream", f"{HOST}:{b.upstream_port}"],
+}
+
+
+class PeerError(Exception):
+    pass
+
+
+_T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[e2e {time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# --- processes ------------------------------------------------------------------------------
+
+_SETPRIV = shutil.which("setpriv")  # util-linux, essential on Debian
+
+
+def die_with_us(argv: list[str]) -> list[str]:
+    """Have the kernel SIGKILL the child if this script dies, even by SIGKILL (no preexec_fn:
+    it is unsafe while the RSS sampler thread runs)."""
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv] if _SETPRIV else argv
+
+
+class Processes:
+    """Every process the benchmark starts, each in its own process group, killed on exit."""
+
+    def __init__(self, logdir: Path):
+        self.logdir = logdir
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        with open(self.log_path(name), "wb") as out:
+            proc = subprocess.Popen(
+                die_with_us(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.logdir, start_new_session=True,
+            )
+        self.procs.append((name, proc))
+        return proc
+
+    def log_path(self, name: str) -> Path:
+        return self.logdir / f"{name}.out"
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        texts = []
+        for path in (self.log_path(name), self.logdir / f"{name}-error.log"):
+            if path.exists():
+                texts += path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(texts)
+
+    def stop_all(self) -> None:
+        while self.procs:
+            name, proc = self.procs.pop()
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log(f"{name}: no exit {STOP_TIMEOUT:.0f}s after SIGTERM, killing")
+            _signal_group(proc, signal.SIGKILL)  # and any workers left behind in the group
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log(f"{name}: pid {proc.pid} survived SIGKILL")
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_ready(port: int, proc: subprocess.Popen | None, timeout: float) -> None:
+    """Poll until a TCP connect and a GET / returning 200 both succeed."""
+    deadline = time.monotonic() + timeout
+    last = "nothing tried"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise PeerError(f"exited with status {proc.returncode} before it was ready")
+        try:
+            with socket.create_connection((HOST, port), timeout=1.0):
+                pass
+            status, _ = http_get(port, SMALL_PATH)
+            if status == 200:
+                return
+            last = f"GET {SMALL_PATH} -> HTTP {status}"
+        except (OSError, http.client.HTTPException) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.1)
+    raise PeerError(f"not ready after {timeout:.0f}s ({last})")
+
+
+def check_bodies(port: int) -> None:
+    """A peer that is fast because it answers wrongly must not win: check both bodies once."""
+    status, body = http_get(port, SMALL_PATH)
+    if (status, body) != (200, SMALL_BODY):
+        raise PeerError(f"GET {SMALL_PATH} -> {status} {body[:60]!r}, want 200 {SMALL_BODY!r}")
+    status, body = http_get(port, LARGE_PATH, timeout=10.0)
+    if status != 200 or len(body) != LARGE_SIZE:
+        raise PeerError(f"GET {LARGE_PATH} -> {status} with {len(body)} bytes, want {LARGE_SIZE}")
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+def child_pids(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
+        if int(fields[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class RssSampler(threading.Thread):
+    """Peak of the summed VmRSS of a peer's workers (its children, or itself when it has none)."""
+
+    def __init__(self, proc: subprocess.Popen, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.proc, self.interval = proc, interval
+        self.stop_event = threading.Event()
+        self.peak_kib = 0
+
+    def run(self) -> None:
+        workers: list[int] = []
+        while True:
+            if not workers or not all(os.path.exists(f"/proc/{p}") for p in workers):
+                workers = child_pids(self.proc.pid) or [self.proc.pid]
+            self.peak_kib = max(self.peak_kib, sum(rss_kib(p) for p in workers))
+            if self.stop_event.wait(self.interval):
+                return
+
+    def stop(self) -> float:
+        self.stop_event.set()
+        self.join()
+        return round(self.peak_kib / 1024, 1)
+
+
+# --- wrk ------------------------------------------------------------------------------------
+
+_TIME_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_SIZE_B = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}  # wrk is binary
+
+
+def parse_wrk(text: str) -> dict:
+    """Requests/s, p50/p99 in ms, transfer in MiB/s and error counts from wrk --latency output."""
+    def need(pattern: str) -> re.Match:
+        m = re.search(pattern, text, re.MULTILINE)
+        if m is None:
+            raise PeerError(f"wrk output has no match for {pattern!r}:\n{text}")
+        return m
+
+    rps = float(need(r"^Requests/sec:\s+([\d.]+)").group(1))
+    num, unit = need(r"^Transfer/sec:\s+([\d.]+)([KMGT]?B)").groups()
+    out = {"rps": rps, "mbps": float(num) * _SIZE_B[unit] / _SIZE_B["MB"]}
+    for pct in (50, 99):
+        num, unit = need(rf"^\s+{pct}(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$").groups()
+        out[f"p{pct}_ms"] = float(num) * _TIME_MS[unit]
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    out["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    out["socket_errors"] = sum(map(int, m.groups())) if m else 0
+    return out
+
+
+def run_wrk(wrk: str, port: int, path: str, connections: int, duration: int) -> dict:
+    argv = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+            "--timeout", WRK_TIMEOUT, f"http://{HOST}:{port}{path}"]
+    try:
+        res = subprocess.run(die_with_us(argv), stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=duration + 30, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise PeerError(f"wrk did not finish within {duration + 30}s") from exc
+    if res.returncode != 0:
+        raise PeerError(f"wrk exited {res.returncode}: {res.stderr.strip() or res.stdout.strip()}")
+    return parse_wrk(res.stdout)
+
+
+# --- the run --------------------------------------------------------------------------------
+
+@dataclass
+class Peer:
+    name: str
+    port: int
+    proc: subprocess.Popen | None  # None for direct
+    small: list[dict] = field(default_factory=list)
+    large: list[dict] = field(default_factory=list)
+    peak_rss_mb: list[float] = field(default_factory=list)
+
+
+def rotated(items: list, k: int) -> list:
+    """Round k starts at a different peer, so no peer always runs first (or last)."""
+    k %= max(len(items), 1)
+    return items[k:] + items[:k]
+
+
+def measure_rounds(args, peers: list[Peer], failed: dict, *, large: bool) -> None:
+    path, conns = (LARGE_PATH, args.large_connections) if large else (SMALL_PATH, args.connections)
+    for rnd in range(args.rounds):
+        for peer in rotated([p for p in peers if p.name not in failed], rnd):
+            try:
+                if peer.proc is not None and peer.proc.poll() is not None:
+                    raise PeerError(f"exited with status {peer.proc.returncode} during the run")
+                if args.warmup:
+                    run_wrk(args.wrk, peer.port, path, conns, args.warmup)
+                sampler = RssSampler(peer.proc) if large and peer.proc is not None else None
+                if sampler:
+                    sampler.start()
+                try:
+                    res = run_wrk(args.wrk, peer.port, path, conns, args.duration)
+                finally:
+                    if sampler:
+                        peer.peak_rss_mb.append(sampler.stop())
+            except PeerError as exc:
+                failed[peer.name] = str(exc)
+                log(f"{peer.name}: FAILED: {exc}")
+                continue
+            (peer.large if large else peer.small).append(res)
+            what = f"{res['mbps']:.0f} MiB/s" if large else (
+                f"{res['rps']:.0f} req/s p50 {res['p50_ms']:.3f} ms p99 {res['p99_ms']:.3f} ms")
+            errs = res["non_2xx"] + res["socket_errors"]
+            log(f"round {rnd + 1}/{args.rounds} {path:3} {peer.name:9} {what}"
+                + (f"  ({errs} errors)" if errs else ""))
+
+
+def _median(runs: list[dict], key: str, digits: int) -> float:
+    return round(statistics.median(r[key] for r in runs), digits)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def report(args, peers: list[Peer], failed: dict) -> dict:
+    small = {
+        p.name: {
+            "rps": _median(p.small, "rps", 1),
+            "p50_ms": _median(p.small, "p50_ms", 3),
+            "p99_ms": _median(p.small, "p99_ms", 3),
+            "rps_per_round": [round(r["rps"], 1) for r in p.small],
+            "non_2xx": sum(r["non_2xx"] for r in p.small),
+            "socket_errors": sum(r["socket_errors"] for r in p.small),
+        }
+        for p in peers if p.small and p.name not in failed
+    }
+    large_ok = [p for p in peers if p.large and p.name not in failed]
+    large = {
+        "path": LARGE_PATH,
+        "connections": args.large_connections,
+        "mbps": {p.name: _median(p.large, "mbps", 1) for p in large_ok},
+        "peak_rss_mb": {p.name: max(p.peak_rss_mb) for p in large_ok if p.peak_rss_mb},
+        "errors": {p.name: sum(r["non_2xx"] + r["socket_errors"] for r in p.large)
+                   for p in large_ok},
+    }
+    large["omnirelay_peak_rss_mb"] = large["peak_rss_mb"].get("omnirelay")
+
+    def get(peer: str, key: str) -> float | None:
+        return small.get(peer, {}).get(key)
+
+    ratios = {
+        "omnirelay_over_nginx_rps": _ratio(get("omnirelay", "rps"), get("nginx", "rps")),
+        "omnirelay_over_aiohttp_rps": _ratio(get("omnirelay", "rps"), get("aiohttp", "rps")),
+        "omnirelay_over_nginx_p99": _ratio(get("omnirelay", "p99_ms"), get("nginx", "p99_ms")),
+        "omnirelay_over_nginx_1m_throughput": _ratio(large["mbps"].get("omnirelay"),
+                                                     large["mbps"].get("nginx")),
+    }
+    targets = {}
+    for name, (op, want) in TARGETS.items():
+        value = ratios[name]
+        met = None if value is None else (value >= want if op == ">=" else value <= want)
+        targets[name] = {"value": value, "target": f"{op} {want}", "met": met}
+    verdicts = [t["met"] for t in targets.values()]
+    return {
+        "benchmark": "omnirelay-e2e",
+        "settings": {
+            "peers": [p.name for p in peers],
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "wrk": f"-t1 -c{args.connections} --latency --timeout {WRK_TIMEOUT}",
+            "small_body_bytes": len(SMALL_BODY),
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": args.loadavg_at_start,
+            "python": platform.python_version(),
+        },
+        "units": {"rps": "requests/s (median of rounds)", "p50_ms": "ms", "p99_ms": "ms",
+                  "mbps": "MiB/s (wrk Transfer/sec)", "peak_rss_mb": "MiB, summed over workers"},
+        "peers": small,
+        "1m": large,
+        "ratios": ratios,
+        "targets": targets,
+        "targets_met": None if None in verdicts else all(verdicts),
+        "failed_peers": failed,
+    }
+
+
+def run(args, procs: Processes, tmp: Path) -> dict:
+    bench = Bench(tmp=tmp, nginx=args.nginx, omnirelay=args.omnirelay)
+    www = tmp / "www"
+    www.mkdir()
+    (www / LARGE_PATH.lstrip("/")).write_bytes(os.urandom(LARGE_SIZE))
+
+    bench.upstream_port = free_port()
+    upstream_argv = bench.nginx_argv("upstream", upstream_conf(tmp, bench.upstream_port))
+    upstream = procs.start("upstream", upstream_argv)
+    try:
+        wait_ready(bench.upstream_port, upstream, args.ready_timeout)
+        check_bodies(bench.upstream_port)
+    except PeerError as exc:
+        raise SystemExit(f"upstream nginx failed: {exc}\n{procs.tail('upstream')}") from None
+    log(f"upstream nginx pid {upstream.pid} on {HOST}:{bench.upstream_port}")
+
+    peers: list[Peer] = []
+    failed: dict[str, str] = {}
+    for name in args.peers:
+        build = PEERS[name]
+        if build is None:
+            peers.append(Peer(name, bench.upstream_port, None))
+            continue
+        port = free_port()
+        try:
+            argv = build(bench, port)
+            if not os.access(argv[0], os.X_OK):
+                raise PeerError(f"{argv[0]} is not an executable")
+            proc = procs.start(name, argv)
+            wait_ready(port, proc, args.ready_timeout)
+            check_bodies(port)
+        except PeerError as exc:
+            failed[name] = f"{exc}\n{procs.tail(name)}".strip()
+            log(f"{name}: FAILED to start: {failed[name]}")
+            continue
+        log(f"{name}: pid {proc.pid} on {HOST}:{port}: {' '.join(argv)}")
+        peers.append(Peer(name, port, proc))
+
+    if peers:
+        log(f"small body: {args.rounds} rounds x {len(peers)} peers x "
+            f"({args.warmup}s warm-up + {args.duration}s), -c{args.connections}")
+        measure_rounds(args, peers, failed, large=False)
+        large_peers = [p for p in peers if p.name in LARGE_PEERS]
+        if large_peers and not args.skip_large:
+            log(f"1 MiB body: {len(large_peers)} peers, -c{args.large_connections}")
+            measure_rounds(args, large_peers, failed, large=True)
+    return report(args, peers, failed)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    venv_bin = Path(sys.executable).parent  # not resolved: keep the venv's bin directory
+    p = argparse.ArgumentParser(description="OmniRelay vs nginx vs aiohttp, one machine, one run.")
+    p.add_argument("--peers", default=",".join(PEERS),
+                   help=f"comma-separated subset of {','.join(PEERS)} (default: all)")
+    p.add_argument("--duration", type=int, default=5, help="seconds per measured wrk run")
+    p.add_argument("--warmup", type=int, default=1, help="seconds of wrk before each run (0: none)")
+    p.add_argument("--rounds", type=int, default=3, help="round-robin rounds; median is kept")
+    p.add_argument("--connections", type=int, default=50, help="wrk -c for the small body")
+    p.add_argument("--large-connections", type=int, default=10, help="wrk -c for the 1 MiB body")
+    p.add_argument("--skip-large", action="store_true", help="skip the 1 MiB body case")
+    p.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT)
+    p.add_argument("--omnirelay", default=str(venv_bin / "omnirelay"), help="omnirelay executable")
+    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
+    p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs after the run")
+    p.add_argument("--check-targets", action="store_true",
+                   help="exit 2 when a target is missed (or cannot be computed)")
+    args = p.parse_args(argv)
+    args.peers = [s.strip() for s in args.peers.split(",") if s.strip()]
+    unknown = sorted(set(args.peers) - set(PEERS))
+    if unknown or not args.peers:
+        p.error(f"unknown peers {unknown}; choose from {','.join(PEERS)}")
+    if len(set(args.peers)) != len(args.peers):
+        p.error("a peer is listed twice")
+    if args.duration < 1 or args.rounds < 1 or args.warmup < 0:
+        p.error("--duration and --rounds must be >= 1, --warmup >= 0")
+    for tool in ("nginx", "wrk"):
+        if not os.access(getattr(args, tool), os.X_OK):
+            p.error(f"{tool} not found (looked for {getattr(args, tool)}); run `make setup`")
+    args.loadavg_at_start = [round(x, 2) for x in os.getloadavg()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="omnirelay-e2e-"))
+    procs = Processes(tmp)
+    atexit.register(procs.stop_all)  # also covers exits that bypass the finally below
+
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    try:
+        result = run(args, procs, tmp)
+    finally:
+        procs.stop_all()
+        if args.keep_tmp:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    if result["failed_peers"]:
+        return 1
+    if args.check_targets and not result["targets_met"]:
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
