@@ -1,8 +1,8 @@
 """Build the Cython core.
 
 llhttp is compiled into the HTTP/1 codec extension from the C sources shipped in the
-PyPI `llhttp` sdist, fetched at build time (never vendored). Point OMNIRELAY_LLHTTP_SDIST
-at a local copy of the sdist tarball to build offline.
+PyPI `llhttp` sdist, fetched when the extensions are built (never vendored). Point
+OMNIRELAY_LLHTTP_SDIST at a local copy of the sdist tarball to build offline.
 """
 import glob
 import os
@@ -11,16 +11,17 @@ import sys
 import tarfile
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 LLHTTP_VERSION = "9.3.0.0"
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEPS = os.path.join(HERE, "build", "_deps")
+LLHTTP_DIR = os.path.join(DEPS, f"llhttp-{LLHTTP_VERSION}", "lib")
 
 
-def llhttp_dir():
-    src = os.path.join(DEPS, f"llhttp-{LLHTTP_VERSION}", "lib")
-    if os.path.exists(os.path.join(src, "llhttp.h")):
-        return src
+def fetch_llhttp():
+    if os.path.exists(os.path.join(LLHTTP_DIR, "llhttp.h")):
+        return
     os.makedirs(DEPS, exist_ok=True)
     sdist = os.environ.get("OMNIRELAY_LLHTTP_SDIST")
     if not sdist:
@@ -29,43 +30,47 @@ def llhttp_dir():
                if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME")}
         subprocess.check_call([
             sys.executable, "-m", "pip", "download", "--no-deps",
-            "--no-binary", ":all:", "-d", DEPS,
-            f"llhttp=={LLHTTP_VERSION}",
+            "--no-binary", ":all:", "-d", DEPS, f"llhttp=={LLHTTP_VERSION}",
         ], env=env)
         sdist = os.path.join(DEPS, f"llhttp-{LLHTTP_VERSION}.tar.gz")
     with tarfile.open(sdist) as tar:
         members = [m for m in tar.getmembers() if "/lib/" in m.name]
         tar.extractall(DEPS, members=members, filter="data")
-    return src
+
+
+class BuildCore(build_ext):
+    """Fetch llhttp and cythonize only when extensions are really built, not
+    when pip merely asks for build requirements or metadata."""
+
+    def finalize_options(self):
+        from Cython.Build import cythonize
+
+        fetch_llhttp()
+        llsrc = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(LLHTTP_DIR, "*.c")))
+        self.extensions = self.distribution.ext_modules
+        for ext in self.extensions:
+            if ext.name == "omnirelay_core.http1":
+                ext.sources += [s for s in llsrc if s not in ext.sources]
+        self.distribution.ext_modules[:] = cythonize(
+            self.extensions,
+            language_level=3,
+            nthreads=os.cpu_count() or 1,
+            compiler_directives={
+                "boundscheck": False, "wraparound": False, "cdivision": True,
+                "embedsignature": True, "initializedcheck": False,
+            },
+            annotate=os.environ.get("OMNIRELAY_ANNOTATE") == "1",
+        )
+        super().finalize_options()
 
 
 def extensions():
-    from Cython.Build import cythonize
-
-    lldir = llhttp_dir()
-    llsrc = sorted(glob.glob(os.path.join(lldir, "*.c")))
-    debug = os.environ.get("OMNIRELAY_DEBUG") == "1"
-    cflags = ["-O0", "-g"] if debug else ["-O2"]
-    exts = []
-    for pyx in sorted(glob.glob(os.path.join("omnirelay_core", "*.pyx"))):
-        name = "omnirelay_core." + os.path.basename(pyx)[:-4]
-        sources = [pyx]
-        if name == "omnirelay_core.http1":
-            sources += [os.path.relpath(p, HERE) for p in llsrc]
-        exts.append(Extension(
-            name, sources,
-            include_dirs=[lldir, "omnirelay_core"],
-            extra_compile_args=cflags,
-        ))
-    return cythonize(
-        exts,
-        language_level=3,
-        compiler_directives={
-            "boundscheck": False, "wraparound": False, "cdivision": True,
-            "embedsignature": True, "initializedcheck": False,
-        },
-        annotate=os.environ.get("OMNIRELAY_ANNOTATE") == "1",
-    )
+    cflags = ["-O0", "-g"] if os.environ.get("OMNIRELAY_DEBUG") == "1" else ["-O2"]
+    return [
+        Extension("omnirelay_core." + os.path.basename(pyx)[:-4], [pyx],
+                  include_dirs=[LLHTTP_DIR, "omnirelay_core"], extra_compile_args=cflags)
+        for pyx in sorted(glob.glob(os.path.join("omnirelay_core", "*.pyx")))
+    ]
 
 
-setup(ext_modules=extensions())
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildCore})
