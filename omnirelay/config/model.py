@@ -1,0 +1,141 @@
+"""The config model: frozen, slotted dataclasses holding tuples, so a whole `Config` is hashable.
+
+Values here are already normalized (durations in float seconds, sizes in int bytes, hosts and
+header names lowercased). Instances are built by `load_config`, which runs every check; the
+classes themselves do not re-validate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from .frozen import FrozenDict
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: str  # IP literal or DNS name
+    port: int
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    lb_policy: str = "round_robin"
+    connect_timeout: float = 1.0
+    idle_timeout: float = 60.0  # 0 disables
+    max_idle_per_endpoint: int = 64
+    buffer_limit: int = 1048576
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    name: str  # lowercased RFC 9110 token
+    equals: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """All given conditions must hold. Exactly one of `path_exact` / `path_prefix` is set."""
+
+    hosts: tuple[str, ...] = ("*",)
+    path_exact: str | None = None
+    path_prefix: str | None = "/"
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSpec:
+    name: str  # dotted identifier; resolved to an implementation at build time, not here
+    config: FrozenDict = field(default_factory=FrozenDict)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    match: RouteMatch
+    cluster: str
+    timeout: float = 15.0  # 0 disables
+    per_try_timeout: float | None = None
+    max_request_body: int | None = None
+    filters: tuple[FilterSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    address: str  # IP literal or "localhost"
+    port: int  # 0 = ephemeral
+    routes: tuple[str, ...] | None = None  # route names in match order; None = all, document order
+    filters: tuple[FilterSpec, ...] = ()
+    max_header_bytes: int = 65536
+    idle_timeout: float = 300.0  # 0 disables
+    request_timeout: float = 60.0  # 0 disables
+    buffer_limit: int = 1048576
+    via: str = "omnirelay"  # empty = do not add a Via header
+    xff_trusted_hops: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    version: str = "0"
+    epoch: int = 0
+    ttl: float | None = None
+    author: str | None = None
+    created: str | None = None  # RFC 3339 timestamp, kept as written
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    listeners: tuple[Listener, ...]
+    routes: tuple[Route, ...]
+    clusters: tuple[Cluster, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """Structurally checked only; its meaning arrives with the rollout feature."""
+
+    targets: tuple[FrozenDict, ...] = ()
+    waves: tuple[FrozenDict, ...] = ()
+
+
+_Named = TypeVar("_Named", Listener, Route, Cluster)
+
+
+def _by_name(entries: tuple[_Named, ...], name: str, kind: str) -> _Named:
+    # Linear scan: lookups happen while building runtime tables, never per request.
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"no {kind} named {name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    metadata: Metadata
+    spec: Spec
+    rollout: Rollout | None = None
+
+    def cluster(self, name: str) -> Cluster:
+        """The cluster called `name`; KeyError if there is none."""
+        return _by_name(self.spec.clusters, name, "cluster")
+
+    def route(self, name: str) -> Route:
+        """The route called `name`; KeyError if there is none."""
+        return _by_name(self.spec.routes, name, "route")
+
+    def listener(self, name: str) -> Listener:
+        """The listener called `name`; KeyError if there is none."""
+        return _by_name(self.spec.listeners, name, "listener")
+
+    def routes_for(self, listener: Listener | str) -> tuple[Route, ...]:
+        """The routes a listener (or listener name) evaluates, in match order."""
+        if isinstance(listener, str):
+            listener = self.listener(listener)
+        if listener.routes is None:
+            return self.spec.routes
+        return tuple(self.route(name) for name in listener.routes)

@@ -1,0 +1,265 @@
+"""Property tests: generated valid configs survive config_to_dict, JSON and YAML unchanged."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from datetime import datetime, timedelta, timezone
+
+import yaml
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from omnirelay.config import (
+    Cluster,
+    Config,
+    Endpoint,
+    FilterSpec,
+    FrozenDict,
+    HeaderMatch,
+    Listener,
+    Metadata,
+    Rollout,
+    Route,
+    RouteMatch,
+    Spec,
+    canonical_json,
+    config_to_dict,
+    load_config,
+)
+
+# -- leaf values ---------------------------------------------------------------------------------
+
+names = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,12}", fullmatch=True)
+seconds = st.floats(min_value=0, max_value=1e7, allow_nan=False) | st.integers(0, 10**6).map(float)
+positive_seconds = seconds.filter(lambda s: s > 0)
+sizes = st.integers(0, 2**40)
+ports = st.integers(1, 65535)
+
+_label = st.from_regex(r"[a-z0-9]([a-z0-9_-]{0,6}[a-z0-9])?", fullmatch=True)
+# The last label starts with a letter: an all-numeric one would have to be a valid IPv4 address.
+_tld = st.from_regex(r"[a-z][a-z0-9]{0,5}", fullmatch=True)
+dns_names = st.builds(
+    lambda labels, tld: ".".join([*labels, tld]), st.lists(_label, max_size=3), _tld
+)
+ipv4 = st.ip_addresses(v=4).map(str)
+ipv6 = st.ip_addresses(v=6).map(str)
+
+_port_suffix = st.none() | ports.map(lambda p: f":{p}")
+host_patterns = st.one_of(
+    st.just("*"),
+    st.builds(lambda h, p: h + (p or ""), dns_names | ipv4, _port_suffix),
+    st.builds(lambda h, p: f"*.{h}" + (p or ""), dns_names, _port_suffix),
+    st.builds(lambda h, p: f"[{h}]" + (p or ""), ipv6, _port_suffix),
+)
+_path_chars = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in "?#")
+paths = st.text(_path_chars, max_size=20).map(lambda p: "/" + p)
+header_names = st.from_regex(r"[!#$%&'*+.^_`|~0-9a-z-]{1,12}", fullmatch=True)
+header_values = st.from_regex(r"([!-~]([ \t!-~]{0,10}[!-~])?)?", fullmatch=True)
+free_text = st.text(max_size=12)
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | free_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(free_text, inner, max_size=3),
+    max_leaves=8,
+)
+frozen_mappings = st.dictionaries(free_text, json_values, max_size=3).map(FrozenDict)
+filters = st.lists(
+    st.builds(
+        FilterSpec,
+        name=st.from_regex(r"[a-z_][a-z0-9_]{0,5}(\.[a-z_][a-z0-9_]{0,5}){0,3}", fullmatch=True),
+        config=frozen_mappings,
+    ),
+    max_size=2,
+).map(tuple)
+
+
+def _timestamp(moment: datetime, offset_minutes: int) -> str:
+    return moment.replace(tzinfo=timezone(timedelta(minutes=offset_minutes))).isoformat()
+
+
+timestamps = st.builds(
+    _timestamp, st.datetimes(datetime(1970, 1, 2), datetime(9999, 1, 1)), st.integers(-1439, 1439)
+)
+
+# -- config objects ------------------------------------------------------------------------------
+
+metadata = st.builds(
+    Metadata,
+    version=st.text(min_size=1, max_size=10),
+    epoch=st.integers(0, 2**63),
+    ttl=st.none() | positive_seconds,
+    author=st.none() | free_text,
+    created=st.none() | timestamps,
+)
+
+rollouts = st.none() | st.builds(
+    Rollout,
+    targets=st.lists(frozen_mappings, max_size=2).map(tuple),
+    waves=st.lists(frozen_mappings, max_size=2).map(tuple),
+)
+
+endpoints = st.builds(
+    Endpoint, address=ipv4 | ipv6 | dns_names, port=ports, weight=st.integers(1, 1000)
+)
+
+
+@st.composite
+def clusters(draw: st.DrawFn, name: str) -> Cluster:
+    return Cluster(
+        name=name,
+        endpoints=tuple(
+            draw(
+                st.lists(
+                    endpoints,
+                    min_size=1,
+                    max_size=4,
+                    unique_by=lambda e: (e.address.lower(), e.port),
+                )
+            )
+        ),
+        connect_timeout=draw(positive_seconds),
+        idle_timeout=draw(seconds),
+        max_idle_per_endpoint=draw(st.integers(0, 10_000)),
+        buffer_limit=draw(st.integers(1, 2**32)),
+    )
+
+
+@st.composite
+def route_matches(draw: st.DrawFn) -> RouteMatch:
+    path = draw(paths)
+    exact = draw(st.booleans())
+    return RouteMatch(
+        hosts=tuple(draw(st.lists(host_patterns, min_size=1, max_size=3))),
+        path_exact=path if exact else None,
+        path_prefix=None if exact else path,
+        headers=tuple(
+            draw(st.lists(st.builds(HeaderMatch, header_names, header_values), max_size=2))
+        ),
+    )
+
+
+@st.composite
+def routes(draw: st.DrawFn, name: str, cluster_names: list[str]) -> Route:
+    timeout = draw(seconds)
+    per_try = draw(st.none() | positive_seconds)
+    if per_try is not None and timeout > 0:
+        per_try = min(per_try, timeout)
+    return Route(
+        name=name,
+        match=draw(route_matches()),
+        cluster=draw(st.sampled_from(cluster_names)),
+        timeout=timeout,
+        per_try_timeout=per_try,
+        max_request_body=draw(st.none() | sizes),
+        filters=draw(filters),
+    )
+
+
+@st.composite
+def listeners(draw: st.DrawFn, name: str, route_names: list[str]) -> Listener:
+    refs = st.none()
+    if route_names:
+        refs |= st.lists(st.sampled_from(route_names), unique=True).map(tuple)
+    return Listener(
+        name=name,
+        address=draw(ipv4 | ipv6 | st.just("localhost")),
+        port=draw(st.integers(0, 65535)),
+        routes=draw(refs),
+        filters=draw(filters),
+        max_header_bytes=draw(st.integers(1024, 1024 * 1024)),
+        idle_timeout=draw(seconds),
+        request_timeout=draw(seconds),
+        buffer_limit=draw(st.integers(1, 2**32)),
+        via=draw(st.just("") | st.from_regex(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,10}", fullmatch=True)),
+        xff_trusted_hops=draw(st.integers(0, 16)),
+    )
+
+
+def _socket_key(listener: Listener) -> object:
+    if listener.port == 0:
+        return object()  # ephemeral ports never collide
+    address = listener.address
+    return (address if address == "localhost" else ipaddress.ip_address(address), listener.port)
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> Config:
+    cluster_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+    route_names = draw(st.lists(names, max_size=4, unique=True))
+    listener_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+    drawn = [draw(listeners(name, route_names)) for name in listener_names]
+    seen: set[object] = set()
+    distinct = []
+    for listener in drawn:
+        key = _socket_key(listener)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(listener)
+    return Config(
+        metadata=draw(metadata),
+        spec=Spec(
+            listeners=tuple(distinct),
+            routes=tuple(draw(routes(name, cluster_names)) for name in route_names),
+            clusters=tuple(draw(clusters(name)) for name in cluster_names),
+        ),
+        rollout=draw(rollouts),
+    )
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+_settings = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_settings
+@given(configs())
+def test_dict_round_trip(config: Config) -> None:
+    loaded = load_config(config_to_dict(config))
+    assert loaded == config
+    assert hash(loaded) == hash(config)
+
+
+@_settings
+@given(configs())
+def test_canonical_json_round_trip(config: Config) -> None:
+    encoded = canonical_json(config)
+    loaded = load_config(encoded)
+    assert loaded == config
+    assert canonical_json(loaded) == encoded
+    assert json.loads(encoded) == config_to_dict(config)
+
+
+@_settings
+@given(configs())
+def test_yaml_round_trip(config: Config) -> None:
+    assert load_config(yaml.safe_dump(config_to_dict(config))) == config
+
+
+SHAPES = {
+    "exact path": lambda c: any(r.match.path_exact is not None for r in c.spec.routes),
+    "headers": lambda c: any(r.match.headers for r in c.spec.routes),
+    "route filters": lambda c: any(r.filters for r in c.spec.routes),
+    "per-try timeout": lambda c: any(r.per_try_timeout is not None for r in c.spec.routes),
+    "listener routes": lambda c: any(listener.routes for listener in c.spec.listeners),
+    "several listeners": lambda c: len(c.spec.listeners) > 1,
+    "rollout waves": lambda c: c.rollout is not None and bool(c.rollout.waves),
+    "several endpoints": lambda c: any(len(cl.endpoints) > 1 for cl in c.spec.clusters),
+}
+
+
+def test_generator_reaches_interesting_shapes() -> None:
+    """Guard against the strategy silently collapsing to trivial configs."""
+    missing = set(SHAPES)
+
+    @settings(max_examples=100, phases=[Phase.generate], database=None, deadline=None)
+    @given(configs())
+    def probe(config: Config) -> None:
+        missing.difference_update(name for name in list(missing) if SHAPES[name](config))
+
+    probe()
+    assert not missing
