@@ -6,6 +6,16 @@ from omnirelay_core.upstream cimport Cluster
 from omnirelay_core.filterchain cimport FilterChain
 
 
+cdef bytes _host_bytes(str host):
+    # Internationalized names are matched in their ASCII (punycode) form, as sent on the wire.
+    host = host.lower()
+    try:
+        return host.encode("ascii")
+    except UnicodeEncodeError:
+        name, sep, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+        return (name or host).encode("idna") + (sep + port).encode("ascii")
+
+
 cdef class RouteEntry:
 
     def __init__(self, str name, Cluster cluster, *, double timeout=15.0,
@@ -19,11 +29,9 @@ cdef class RouteEntry:
         self.max_request_body = max_request_body
         self.chain = chain if chain is not None and not chain.empty else None
         self.any_host = "*" in hosts
-        self.hosts_exact = tuple(h.lower().encode("idna") for h in hosts
-                                 if not h.startswith("*"))
+        self.hosts_exact = tuple(_host_bytes(h) for h in hosts if not h.startswith("*"))
         # "*.example.com" matches any host ending in ".example.com".
-        self.hosts_suffix = tuple(h[1:].lower().encode("idna") for h in hosts
-                                  if h.startswith("*."))
+        self.hosts_suffix = tuple(b"." + _host_bytes(h[2:]) for h in hosts if h.startswith("*."))
         self.path = path
         self.path_exact = path_exact
         self.header_names = tuple(n.lower().encode("latin-1") for n, _ in headers)
