@@ -103,6 +103,8 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef bint upstream_sent_head
     cdef bint upstream_end_sent
     cdef bint paused_upstream_reads
+    cdef list resp_pending
+    cdef bint resp_complete_pending
     cdef bint tunnel
 
     cdef int on_request_headers(self, bint end_stream) except -1
@@ -125,5 +127,6 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef int _forward_response_body(self, const char* p, size_t n, bint end) except -1
     cdef int _finish(self) except -1
     cdef int _cancel_timer(self) except -1
+    cdef int _complete_response(self) except -1
     cdef int _filter_local_reply(self) except -1
     cdef int _add_response_via(self) except -1

@@ -19,7 +19,7 @@ from omnirelay_core.filterchain cimport (FilterChain, FilterState, CONTINUE, STO
 from omnirelay_core.includes.llhttp cimport F_CONTENT_LENGTH, F_CHUNKED
 
 from omnirelay_core.errors import (ProxyError, BadRequest, NoRoute, BodyTooLarge, UpstreamTimeout,
-                                   UpstreamUnavailable)
+                                   UpstreamUnavailable, UpstreamProtocolError)
 from omnirelay_core.errors cimport reason_phrase
 from omnirelay_core.filterchain import LocalReply
 
@@ -147,6 +147,22 @@ cdef int _strip_hop_by_hop(HeaderMap h, bint keep_upgrade) except -1:
     return 0
 
 
+cdef int _append_via(HeaderMap h, bytes ours) except -1:
+    # Every earlier hop stays listed, in order, whether it came as one line or several.
+    cdef Py_ssize_t i = h.find(b"via", 3, 0)
+    cdef list hops
+    if i < 0:
+        return h.add_raw(b"via", 3, ours, len(ours))
+    hops = []
+    while i >= 0:
+        hops.append(PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len))
+        i = h.find(b"via", 3, i + 1)
+    hops.append(ours)
+    v = b", ".join(hops)
+    h.remove_raw(b"via", 3)
+    return h.add_raw(b"via", 3, v, len(v))
+
+
 cdef class HttpStream(UpstreamCallbacks):
 
     def __cinit__(self):
@@ -174,6 +190,8 @@ cdef class HttpStream(UpstreamCallbacks):
         if i >= 0:
             host = self.request_headers.value_at(i)
             hl = self.request_headers.entries[i].value_len
+            if self.request_headers.find(b"host", 4, i + 1) >= 0:
+                return self.fail(BadRequest("more than one Host header"))
         elif self.http_minor >= 1:
             return self.fail(BadRequest("HTTP/1.1 request without a Host header"))
         path = PyBytes_AS_STRING(self.target)
@@ -185,6 +203,9 @@ cdef class HttpStream(UpstreamCallbacks):
             self._absolute_form()
             path = PyBytes_AS_STRING(self.target)
             pl = len(self.target)
+            i = self.request_headers.find(b"host", 4, 0)
+            host = self.request_headers.value_at(i)
+            hl = self.request_headers.entries[i].value_len
         for i in range(pl):
             if path[i] == 63:   # '?'
                 pl = i
@@ -197,6 +218,10 @@ cdef class HttpStream(UpstreamCallbacks):
             return self.fail(BodyTooLarge(f"request body of {self.req_content_length} bytes exceeds the route limit"))
         if route.chain is not None:
             self.fstate = route.chain.new_state()
+            if route.chain.has(REQUEST_BODY) and not end_stream and not self.is_upgrade:
+                # A body filter may change the length: re-frame as chunked upstream.
+                self.req_chunked = True
+                self.req_content_length = -1
             if route.chain.has(REQUEST_HEADERS):
                 r = self.fstate.run(REQUEST_HEADERS, self, None, end_stream, 0)
                 if r == STOP:
@@ -212,11 +237,16 @@ cdef class HttpStream(UpstreamCallbacks):
         return self.send_local_reply(lr.status, lr.body, lr.reason, lr.headers)
 
     def _absolute_form(self):
-        # "GET http://host/path HTTP/1.1": route and forward the origin form.
+        # "GET http://host/path HTTP/1.1": the target's authority replaces Host
+        # (RFC 9112 3.2.2); route and forward the origin form.
         t = self.target
         rest = t.split(b"://", 1)[1] if b"://" in t else t
         slash = rest.find(b"/")
+        authority = rest[:slash] if slash >= 0 else rest
+        authority = authority.rpartition(b"@")[2]
         self.target = rest[slash:] if slash >= 0 else b"/"
+        self.request_headers.remove_raw(b"host", 4)
+        self.request_headers.add_raw(b"host", 4, authority, len(authority))
 
     cdef int _decode_continue(self) except -1:
         # Filters are done with the request head: go upstream.
@@ -246,12 +276,7 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.listener.xff_trusted_hops == 0 or h.find(b"x-forwarded-proto", 17, 0) < 0:
             h.remove_raw(b"x-forwarded-proto", 17)
             h.add_raw(b"x-forwarded-proto", 17, self.listener.scheme, len(self.listener.scheme))
-        i = h.find(b"via", 3, 0)
-        v = self.listener.via11 if self.http_minor else self.listener.via10
-        if i >= 0:
-            v = PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len) + b", " + v
-            h.remove_raw(b"via", 3)
-        h.add_raw(b"via", 3, v, len(v))
+        _append_via(h, self.listener.via11 if self.http_minor else self.listener.via10)
         i = h.find(b"x-request-id", 12, 0)
         if i < 0 or h.entries[i].value_len != len(self.request_id) or memcmp(
                 h.value_at(i), PyBytes_AS_STRING(self.request_id), len(self.request_id)) != 0:
@@ -456,6 +481,8 @@ cdef class HttpStream(UpstreamCallbacks):
         cdef int r
         if self.done:
             return 0
+        if c.parser.p.status_code == 101 and not self.is_upgrade:
+            return self.fail(UpstreamProtocolError("upstream switched protocols unasked"))
         self.status = c.parser.p.status_code
         # Swap maps instead of copying: the parser gets our empty one back.
         tmp = self.response_headers
@@ -488,14 +515,7 @@ cdef class HttpStream(UpstreamCallbacks):
         return self._encode_response_headers()
 
     cdef int _add_response_via(self) except -1:
-        cdef HeaderMap h = self.response_headers
-        cdef bytes v = self.listener.via11
-        cdef Py_ssize_t i = h.find(b"via", 3, 0)
-        if i >= 0:
-            v = PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len) + b", " + v
-            h.remove_raw(b"via", 3)
-        h.add_raw(b"via", 3, v, len(v))
-        return 0
+        return _append_via(self.response_headers, self.listener.via11)
 
     cdef int _encode_response_headers(self) except -1:
         self.resp_started = True
@@ -518,6 +538,12 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.done:
             return 0
         self.resp_body_bytes += n
+        if self.paused_upstream_reads:
+            # A response-headers filter holds the head: keep the bytes for later.
+            if self.resp_pending is None:
+                self.resp_pending = []
+            self.resp_pending.append(PyBytes_FromStringAndSize(p, n))
+            return 0
         return self._forward_response_body(p, n, False)
 
     cdef int _forward_response_body(self, const char* p, size_t n, bint end) except -1:
@@ -543,6 +569,12 @@ cdef class HttpStream(UpstreamCallbacks):
             c.parser.trailers = HeaderMap()
             self.response_trailers = t
         self.upstream = None if c.request_done else self.upstream
+        if self.paused_upstream_reads:
+            self.resp_complete_pending = True
+            return 0
+        return self._complete_response()
+
+    cdef int _complete_response(self) except -1:
         if not self.resp_no_body:
             if self.response_trailers is not None:
                 self._forward_response_body(b"", 0, False)
@@ -604,6 +636,8 @@ cdef class HttpStream(UpstreamCallbacks):
         cdef int status = getattr(exc, "status", 502)
         if self.done:
             return 0
+        if isinstance(exc, BadRequest) and status == 400:
+            self.listener.stats.downstream_rq_protocol_error += 1
         if self.upstream is not None:
             self.upstream.detach_and_close()
             self.upstream = None
@@ -627,6 +661,9 @@ cdef class HttpStream(UpstreamCallbacks):
             self.upstream = None
         self.listener.stats.downstream_rq_local_reply += 1
         self.local_reason = reason
+        if not self.req_end or status == 400 or status == 408 or status == 431:
+            # The rest of the request is unread or unreadable: close after replying.
+            self.keep_alive = False
         self.status = status
         h.clear()
         if b:
@@ -704,9 +741,14 @@ cdef class HttpStream(UpstreamCallbacks):
                 self.codec.read_disable(self, False)
                 self._decode_continue()
             elif hook == RESPONSE_HEADERS:
-                self._encode_response_headers()
                 self.paused_upstream_reads = False
-                if self.upstream is not None:
+                self._encode_response_headers()
+                pending, self.resp_pending = self.resp_pending, None
+                for chunk in pending or ():
+                    self._forward_response_body(chunk, len(chunk), False)
+                if self.resp_complete_pending:
+                    self._complete_response()
+                elif self.upstream is not None:
                     self.upstream.resume_reading()
         except ProxyError as e:
             self.fail(e)

@@ -115,6 +115,9 @@ cdef class Endpoint:
             return
         c.cb = None
         c.idle_since = monotonic()
+        # A stream may have paused reads (backpressure, a filter): an idle
+        # connection must read again to notice the upstream closing it.
+        c.resume_reading()
         self.idle.append(c)
 
     cdef void forget(self, UpstreamConnection c):
@@ -288,8 +291,10 @@ cdef class UpstreamConnection(Connection):
         if status == 101:
             return 0
         self.response_done = True
-        cb.on_upstream_complete(self)
+        # Back to the pool before the stream hears of it, so a pipelined request
+        # that the stream's completion unblocks can reuse this connection.
         self.maybe_release()
+        cb.on_upstream_complete(self)
         return HPE_PAUSED
 
     # ---- transport events ----
