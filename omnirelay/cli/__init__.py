@@ -1,0 +1,1 @@
+"""The `omnirelay` command line (entry point: omnirelay.cli.main:main)."""

@@ -1,0 +1,82 @@
+"""`omnirelay run`: the proxy as a supervisor with N worker processes."""
+from __future__ import annotations
+
+import click
+
+from omnirelay import demo
+from omnirelay.cli.common import Duration, indent, plural
+from omnirelay.cli.logs import FORMATS, LEVELS, setup_logging
+from omnirelay.config import ConfigError, load_config
+from omnirelay.filters import FilterConfigError
+from omnirelay.runtime.ports import BindError
+from omnirelay.runtime.supervisor import Supervisor, load_checked
+
+EXIT_INVALID_CONFIG = 2
+
+
+@click.command()
+@click.option("-c", "--config", "config_path", metavar="FILE",
+              type=click.Path(dir_okay=False), help="Config file (YAML or JSON).")
+@click.option("--demo", "demo_mode", is_flag=True,
+              help="Start a demo upstream and proxy to it with a built-in config.")
+@click.option("--port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Listener port for --demo (0: any free port).  [default: 8080]")
+@click.option("-w", "--workers", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Worker processes sharing the listeners (SO_REUSEPORT).")
+@click.option("--drain-timeout", type=Duration(), default="10s", show_default=True,
+              help="On SIGTERM, how long in-flight requests may take to finish.")
+@click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="json: one JSON object per line (ts, level, logger, msg, pid).")
+def run(config_path, demo_mode, port, workers, drain_timeout, log_level, log_format):
+    """Run the proxy until SIGTERM or Ctrl-C (SIGHUP reloads the config file)."""
+    if bool(config_path) == demo_mode:
+        raise click.UsageError("give either --config FILE or --demo")
+    if port is not None and not demo_mode:
+        raise click.UsageError("--port applies to --demo only; set ports in the config file")
+    setup_logging(log_level, log_format)
+    if demo_mode:
+        raise SystemExit(_run_demo(8080 if port is None else port, workers, drain_timeout))
+    try:
+        config = load_checked(config_path)
+    except (ConfigError, FilterConfigError) as e:
+        click.echo(f"omnirelay: invalid config {config_path}:\n{indent(e)}", err=True)
+        raise SystemExit(EXIT_INVALID_CONFIG) from None
+    supervisor = Supervisor(config, workers=workers, drain_timeout=drain_timeout,
+                            config_path=config_path, on_ready=announce)
+    raise SystemExit(_supervise(supervisor))
+
+
+def _supervise(supervisor: Supervisor) -> int:
+    try:
+        return supervisor.run()
+    except BindError as e:
+        click.echo(f"omnirelay: {e}", err=True)
+        return 1
+
+
+def announce(addresses: dict[str, tuple[str, int]], workers: int) -> None:
+    for name, (host, port) in addresses.items():
+        click.echo(f"omnirelay: listener {name} on {url(host, port)} ({plural(workers, 'worker')})")
+
+
+def url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _run_demo(port: int, workers: int, drain_timeout: float) -> int:
+    upstream, upstream_port = demo.start_upstream()
+    try:
+        config = load_config(demo.demo_config(upstream_port, port))
+
+        def ready(addresses: dict[str, tuple[str, int]], workers: int) -> None:
+            announce(addresses, workers)
+            host, bound = addresses["demo"]
+            click.echo(f"omnirelay demo: curl {url(host, bound)}/  "
+                       f"(upstream on 127.0.0.1:{upstream_port}; Ctrl-C to stop)")
+
+        supervisor = Supervisor(config, workers=workers, drain_timeout=drain_timeout,
+                                on_ready=ready)
+        return _supervise(supervisor)
+    finally:
+        demo.stop_upstream(upstream)

@@ -1,0 +1,387 @@
+"""The supervisor of `omnirelay run`: forks workers, restarts them, reloads and drains them.
+
+It never runs an event loop: workers are forked from it (at start and on every restart)
+and a forked child must not inherit one. It waits in poll() on the workers' status pipes
+and on a signal wakeup pipe, and reaps only its own workers' pids.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from omnirelay.config import Config, ConfigError, canonical_json, load_config
+from omnirelay.filters import FilterConfigError
+from omnirelay.runtime import worker
+from omnirelay.runtime.build import TableBuilder
+from omnirelay.runtime.ports import Reservations, binding_changes
+
+log = logging.getLogger("omnirelay.supervisor")
+
+READY_TIMEOUT = 15.0  # for every worker to be listening, at start
+KILL_MARGIN = 5.0  # after the drain timeout, before remaining workers get SIGKILL
+RESTART_BASE = 0.1  # first restart delay; doubles per crash of a worker up < STABLE_AFTER
+RESTART_MAX = 10.0
+STABLE_AFTER = 30.0
+
+OnReady = Callable[[dict[str, tuple[str, int]], int], None]
+
+
+def load_checked(path: str | os.PathLike[str]) -> Config:
+    """Load a config file and build its filters as a worker would (no sockets opened).
+
+    Raises ConfigError or FilterConfigError."""
+    config = load_config(Path(path))
+    try:
+        TableBuilder().build(config)
+    except FilterConfigError:
+        raise
+    except Exception as e:  # user filter code may raise anything while being built
+        raise FilterConfigError(f"building filters failed: {type(e).__name__}: {e}") from e
+    return config
+
+
+class Phase(Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    STOPPING = "stopping"
+
+
+@dataclass(eq=False)
+class _Proc:
+    slot: int
+    pid: int
+    fd: int | None  # read end of its status pipe; None after EOF
+    started: float
+    ready: bool = False
+    addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+    failure: str | None = None
+    buf: bytes = b""
+
+
+class Supervisor:
+    def __init__(self, config: Config, *, workers: int, drain_timeout: float,
+                 config_path: str | os.PathLike[str] | None = None,
+                 on_ready: OnReady | None = None):
+        self.config = config
+        self.workers = workers
+        self.drain_timeout = drain_timeout
+        self.config_path = config_path
+        self.on_ready = on_ready
+        self.phase = Phase.STARTING
+        self._procs: dict[int, _Proc] = {}
+        self._restarts: list[tuple[float, int]] = []  # (due, slot)
+        self._crashes = [0] * workers
+        self._reloading: set[int] = set()  # pids yet to answer the last SIGHUP
+        self._reload_failed = 0
+        self._signals: list[int] = []
+        self._exit_code = 0
+        self._stop_deadline = 0.0
+
+    # ---- lifecycle ----
+    def run(self) -> int:
+        """Start the workers and supervise them until stopped; returns the exit code."""
+        self._open()
+        try:
+            for slot in range(self.workers):
+                self._spawn(slot)
+            self._wait_ready()
+            while self.phase is Phase.SERVING:
+                self._step(self._until_next_restart())
+            self._wait_stopped()
+            return self._exit_code
+        finally:
+            self._close()
+
+    def _open(self) -> None:
+        self._reserved = Reservations(self.config)
+        self._snapdir = Path(tempfile.mkdtemp(prefix="omnirelay-"))
+        self._snapshot = self._snapdir / "config.json"
+        self._write_snapshot()
+        self._lifeline_r, self._lifeline_w = os.pipe()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sel = selectors.PollSelector()  # no kernel object for forked children to share
+        self._sel.register(self._wake_r, selectors.EVENT_READ)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self._old_handlers = {s: signal.signal(s, self._on_signal) for s in worker.FORK_BLOCKED}
+        log.info("supervisor pid %d: starting %s, config %s", os.getpid(),
+                 _workers(self.workers), self.config.metadata.version)
+
+    def _close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._sel.close()
+        for fd in (self._wake_r, self._wake_w, self._lifeline_r, self._lifeline_w):
+            os.close(fd)
+        self._reserved.close()
+        shutil.rmtree(self._snapdir, ignore_errors=True)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while self.phase is Phase.STARTING:
+            if all(p.ready for p in self._procs.values()):
+                self.phase = Phase.SERVING
+                if self.on_ready is not None:
+                    first = next(iter(self._procs.values()))
+                    self.on_ready(first.addresses, self.workers)
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.error("workers not listening after %gs; giving up", READY_TIMEOUT)
+                self._begin_stop(1)
+                return
+            self._step(left)
+
+    def _begin_stop(self, code: int) -> None:
+        if self.phase is Phase.STOPPING:
+            return
+        self.phase = Phase.STOPPING
+        self._exit_code = code
+        self._restarts.clear()
+        self._stop_deadline = time.monotonic() + self.drain_timeout + KILL_MARGIN
+        if self._procs:
+            log.info("stopping %s (drain timeout %gs)", _workers(len(self._procs)),
+                     self.drain_timeout)
+        self._signal_all(signal.SIGTERM)
+
+    def _wait_stopped(self) -> None:
+        while self._procs:
+            left = self._stop_deadline - time.monotonic()
+            if left <= 0:
+                log.warning("%s still running past the deadline; killing them",
+                            _workers(len(self._procs)))
+                self._signal_all(signal.SIGKILL)
+                for pid in list(self._procs):
+                    _, status = os.waitpid(pid, 0)
+                    self._exited(self._procs[pid], status)
+                break
+            self._step(left)
+        log.info("stopped")
+
+    # ---- the event loop without an event loop ----
+    def _step(self, timeout: float | None) -> None:
+        for key, _ in self._sel.select(timeout):
+            if key.fd == self._wake_r:
+                _drain(self._wake_r)
+            else:
+                self._read_status(key.data)
+        signals, self._signals = self._signals, []
+        for sig in signals:
+            self._handle_signal(sig)
+        self._reap()
+        self._run_due_restarts()
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self._signals.append(signum)  # handled in _step; the wakeup fd ends the poll
+
+    def _handle_signal(self, sig: int) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            if self.phase is Phase.STOPPING and sig == signal.SIGINT:
+                log.warning("second interrupt: killing workers without draining")
+                self._signal_all(signal.SIGKILL)
+            else:
+                log.info("received %s", signal.Signals(sig).name)
+                self._begin_stop(self._exit_code)
+        elif sig == signal.SIGHUP and self.phase is not Phase.STOPPING:
+            self._reload()
+
+    def _signal_all(self, sig: int) -> None:
+        for pid in self._procs:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass  # already exited; reaped on the next step
+
+    # ---- workers ----
+    def _spawn(self, slot: int) -> None:
+        r, w = os.pipe()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # or the child would flush the same buffered text again
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, worker.FORK_BLOCKED)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.close(r)
+            os.close(w)
+            raise
+        if pid == 0:
+            self._become_worker(r, w)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(w)
+        os.set_blocking(r, False)
+        proc = _Proc(slot, pid, r, time.monotonic())
+        self._procs[pid] = proc
+        self._sel.register(r, selectors.EVENT_READ, proc)
+        log.debug("worker %d: pid %d started", slot, pid)
+
+    def _become_worker(self, own_read_end: int, status_w: int) -> None:
+        """In the forked child: drop the supervisor's descriptors and run; never returns."""
+        code = 1
+        try:
+            others = [p.fd for p in self._procs.values() if p.fd is not None]
+            for fd in (own_read_end, self._wake_r, self._wake_w, self._lifeline_w,
+                       *self._reserved.fds(), *others):
+                os.close(fd)
+            code = worker.run(worker.WorkerSpec(
+                config=self.config, ports=self._reserved.ports, drain_timeout=self.drain_timeout,
+                snapshot=self._snapshot, status_fd=status_w, lifeline_fd=self._lifeline_r))
+        except BaseException:
+            log.exception("worker failed")
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _read_status(self, proc: _Proc) -> None:
+        try:
+            data = os.read(proc.fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self._sel.unregister(proc.fd)
+            os.close(proc.fd)
+            proc.fd = None
+            return
+        proc.buf += data
+        while b"\n" in proc.buf:
+            line, _, proc.buf = proc.buf.partition(b"\n")
+            self._on_message(proc, json.loads(line))
+
+    def _on_message(self, proc: _Proc, msg: dict) -> None:
+        if "ready" in msg:
+            proc.ready = True
+            proc.addresses = {name: (host, port) for name, (host, port) in msg["ready"].items()}
+            if self.phase is Phase.SERVING:
+                log.info("worker %d: pid %d ready", proc.slot, proc.pid)
+        elif "failed" in msg:
+            proc.failure = msg["failed"]
+        elif "reloaded" in msg:
+            self._reload_answered(proc.pid)
+        elif "reload_failed" in msg:
+            log.error("worker pid %d kept its config: %s", proc.pid, msg["reload_failed"])
+            self._reload_failed += 1
+            self._reload_answered(proc.pid)
+
+    def _reap(self) -> None:
+        for pid, proc in list(self._procs.items()):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                self._exited(proc, status)
+
+    def _exited(self, proc: _Proc, status: int) -> None:
+        while proc.fd is not None:  # read up to EOF: a last message may explain the exit
+            self._read_status(proc)
+        del self._procs[proc.pid]
+        self._reload_answered(proc.pid)
+        how = _describe(status)
+        if self.phase is Phase.STOPPING:
+            log.info("worker pid %d exited with %s", proc.pid, how)
+        elif self.phase is Phase.STARTING:
+            log.error("worker pid %d failed to start: %s", proc.pid, proc.failure or how)
+            self._begin_stop(1)
+        else:
+            up = time.monotonic() - proc.started
+            crashes = 1 if up >= STABLE_AFTER else self._crashes[proc.slot] + 1
+            self._crashes[proc.slot] = crashes
+            delay = min(RESTART_MAX, RESTART_BASE * 2 ** (crashes - 1))
+            reason = f" ({proc.failure})" if proc.failure else ""
+            log.warning("worker pid %d exited with %s%s, restarting in %gs",
+                        proc.pid, how, reason, delay)
+            self._restarts.append((time.monotonic() + delay, proc.slot))
+
+    def _until_next_restart(self) -> float | None:
+        if not self._restarts:
+            return None
+        return max(0.0, min(due for due, _ in self._restarts) - time.monotonic())
+
+    def _run_due_restarts(self) -> None:
+        now = time.monotonic()
+        due = [slot for when, slot in self._restarts if when <= now]
+        self._restarts = [(when, slot) for when, slot in self._restarts if when > now]
+        for slot in due:
+            try:
+                self._spawn(slot)
+            except OSError as e:
+                log.error("cannot fork worker %d: %s; retrying in %gs", slot, e, RESTART_MAX)
+                self._restarts.append((now + RESTART_MAX, slot))
+
+    # ---- reload ----
+    def _reload(self) -> None:
+        if self.config_path is None:
+            log.warning("SIGHUP ignored: the built-in demo config has no file to re-read")
+            return
+        version = self.config.metadata.version
+        try:
+            new = load_checked(self.config_path)
+        except (ConfigError, FilterConfigError) as e:
+            log.error("reload rejected, still serving config %s: %s is invalid:\n%s",
+                      version, self.config_path, _indent(str(e)))
+            return
+        changes = binding_changes(self.config, new)
+        if changes:
+            log.error("reload rejected, still serving config %s: listener changes need a "
+                      "restart:\n%s", version, _indent("\n".join(changes)))
+            return
+        self.config = new
+        self._write_snapshot()
+        self._reloading = set(self._procs)
+        self._reload_failed = 0
+        log.info("reloading %s to config %s", _workers(len(self._procs)), new.metadata.version)
+        self._signal_all(signal.SIGHUP)
+
+    def _reload_answered(self, pid: int) -> None:
+        if pid not in self._reloading:
+            return
+        self._reloading.discard(pid)
+        if not self._reloading:
+            version = self.config.metadata.version
+            if self._reload_failed:
+                log.error("config %s active on some workers only: %d failed to reload",
+                          version, self._reload_failed)
+            else:
+                log.info("config %s active on all workers", version)
+
+    def _write_snapshot(self) -> None:
+        # Workers reload from this exact, validated copy: the file may change again.
+        tmp = self._snapshot.with_suffix(".tmp")
+        tmp.write_bytes(canonical_json(self.config))
+        os.replace(tmp, self._snapshot)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _describe(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"code {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"signal {-code}"
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker{'' if n == 1 else 's'}"
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
