@@ -28,6 +28,13 @@ class LocalReply:
         return f"LocalReply({self.status}, reason={self.reason!r})"
 
 
+def _failure(f, str meth, exc):
+    # A failing filter fails its own request only, with a 500 and a log line.
+    _log.error("filter %s.%s failed: %s", type(f).__name__, meth, exc,
+               exc_info=not isinstance(exc, TypeError))
+    return LocalReply(500, b"filter failure\n", reason="filter_failure")
+
+
 cdef class FilterChain:
     """factories: objects with `create() -> per-stream filter`; hooks: for each
     factory, the set of hook names its per-stream filter overrides."""
@@ -70,20 +77,24 @@ cdef class FilterState:
         cdef str meth = HOOK_METHODS[hook]
         for k in range(start, len(idx)):
             f = self.filters[<Py_ssize_t>idx[k]]
-            if hook == REQUEST_TRAILERS or hook == RESPONSE_TRAILERS:
-                r = getattr(f, meth)(stream, arg)
-            else:
-                r = getattr(f, meth)(stream, end_stream)
-            if r is None or r is 0 or r == CONTINUE:
-                continue
-            if r == STOP and not isinstance(r, LocalReply):
-                self.paused_hook = hook
-                self.paused_at = k
-                return STOP
-            if isinstance(r, LocalReply):
-                self.local_reply = r
+            try:
+                if hook == REQUEST_TRAILERS or hook == RESPONSE_TRAILERS:
+                    r = getattr(f, meth)(stream, arg)
+                else:
+                    r = getattr(f, meth)(stream, end_stream)
+                if r is None or r is 0 or r is CONTINUE:
+                    continue
+                if isinstance(r, LocalReply):
+                    self.local_reply = r
+                    return LOCAL_REPLY
+                if r is STOP or r == STOP:
+                    self.paused_hook = hook
+                    self.paused_at = k
+                    return STOP
+                raise TypeError(f"returned {r!r}; expected CONTINUE, STOP or LocalReply")
+            except Exception as e:
+                self.local_reply = _failure(f, meth, e)
                 return LOCAL_REPLY
-            raise TypeError(f"{type(f).__name__}.{meth} returned {r!r}; expected CONTINUE, STOP or LocalReply")
         return CONTINUE
 
     cdef object run_body(self, int hook, object stream, object data, bint end_stream):
@@ -96,21 +107,25 @@ cdef class FilterState:
             data = bytes(self.buffered)
         for k in range(len(idx)):
             f = self.filters[<Py_ssize_t>idx[k]]
-            r = getattr(f, meth)(stream, data, end_stream)
-            if r is None or r is 0 or r == CONTINUE:
-                continue
-            if isinstance(r, (bytes, bytearray, memoryview)):
-                data = bytes(r)
-                continue
-            if isinstance(r, LocalReply):
-                return r
-            if r == STOP:
-                if end_stream:
-                    raise TypeError(f"{type(f).__name__}.{meth} returned STOP at end of stream")
-                if self.buffered is None:
-                    self.buffered = bytearray(data)
-                return None
-            raise TypeError(f"{type(f).__name__}.{meth} returned {r!r}")
+            try:
+                r = getattr(f, meth)(stream, data, end_stream)
+                if r is None or r is 0 or r is CONTINUE:
+                    continue
+                if isinstance(r, (bytes, bytearray, memoryview)):
+                    data = bytes(r)
+                    continue
+                if isinstance(r, LocalReply):
+                    return r
+                if r is STOP or r == STOP:
+                    if end_stream:
+                        raise TypeError("returned STOP at end of stream")
+                    if self.buffered is None:
+                        self.buffered = bytearray(data)
+                    return None
+                raise TypeError(f"returned {r!r}")
+            except Exception as e:
+                self.buffered = None
+                return _failure(f, meth, e)
         self.buffered = None
         return data
 

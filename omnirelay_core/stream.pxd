@@ -128,5 +128,6 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef int _finish(self) except -1
     cdef int _cancel_timer(self) except -1
     cdef int _complete_response(self) except -1
+    cdef int _start_timer(self) except -1
     cdef int _filter_local_reply(self) except -1
     cdef int _add_response_via(self) except -1

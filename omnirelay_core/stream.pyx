@@ -214,6 +214,7 @@ cdef class HttpStream(UpstreamCallbacks):
         if route is None:
             return self.fail(NoRoute("no route matched"))
         self.route = route
+        self._start_timer()
         if route.max_request_body >= 0 and self.req_content_length > route.max_request_body:
             return self.fail(BodyTooLarge(f"request body of {self.req_content_length} bytes exceeds the route limit"))
         if route.chain is not None:
@@ -289,11 +290,6 @@ cdef class HttpStream(UpstreamCallbacks):
         cdef RouteEntry route = self.route
         cdef Endpoint ep = route.cluster.pick()
         cdef UpstreamConnection c
-        cdef double t = route.timeout
-        if route.per_try_timeout > 0 and (t <= 0 or route.per_try_timeout < t):
-            t = route.per_try_timeout
-        if t > 0 and not self.is_upgrade and not self.is_connect:
-            self.timer = asyncio.get_running_loop().call_later(t, self._on_timeout)
         if ep is None:
             return self.fail(UpstreamUnavailable("cluster has no endpoints",
                                                  reason="no_healthy_upstream"))
@@ -303,6 +299,16 @@ cdef class HttpStream(UpstreamCallbacks):
             self.listener.stats.upstream_cx_reused += 1
             return self.on_upstream_ready(c)
         ep.connect(self)
+        return 0
+
+    cdef int _start_timer(self) except -1:
+        # Started once the route is known, so a filter that never resumes is bounded too.
+        cdef RouteEntry route = self.route
+        cdef double t = route.timeout
+        if route.per_try_timeout > 0 and (t <= 0 or route.per_try_timeout < t):
+            t = route.per_try_timeout
+        if t > 0 and not self.is_upgrade and not self.is_connect:
+            self.timer = asyncio.get_running_loop().call_later(t, self._on_timeout)
         return 0
 
     def _on_timeout(self):
@@ -575,9 +581,16 @@ cdef class HttpStream(UpstreamCallbacks):
         return self._complete_response()
 
     cdef int _complete_response(self) except -1:
+        cdef object data
         if not self.resp_no_body:
             if self.response_trailers is not None:
-                self._forward_response_body(b"", 0, False)
+                if self.fstate is not None and self.resp_has_body_filters:
+                    # Body filters see the end of the body; trailers still follow it.
+                    data = self.fstate.run_body(RESPONSE_BODY, self, b"", True)
+                    if isinstance(data, LocalReply):
+                        return self.codec.reset(self)
+                    if data:
+                        self.codec.encode_data(self, PyBytes_AS_STRING(data), len(data), False)
                 self.codec.encode_trailers(self, self.response_trailers)
             else:
                 self._forward_response_body(b"", 0, True)

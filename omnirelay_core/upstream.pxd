@@ -55,6 +55,7 @@ cdef class UpstreamConnection(Connection):
     cdef bint head_request
     cdef bint tunnel
     cdef bint got_bytes
+    cdef bint attached_once
     cdef public bint reused
     cdef double idle_since
 
@@ -62,3 +63,4 @@ cdef class UpstreamConnection(Connection):
     cdef void request_finished(self)
     cdef void detach_and_close(self)
     cdef void maybe_release(self)
+    cdef int flush_early(self) except -1

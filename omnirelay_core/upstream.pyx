@@ -181,6 +181,7 @@ async def _connect(Endpoint ep, UpstreamConnection c, UpstreamCallbacks cb):
             reason="upstream_connect_failure"))
         return
     cb.on_upstream_ready(c)
+    c.flush_early()
 
 
 cdef UpstreamConnection _new_upstream(Endpoint ep):
@@ -195,10 +196,25 @@ cdef class UpstreamConnection(Connection):
 
     cdef void attach(self, UpstreamCallbacks cb, bint head_request):
         self.cb = cb
+        self.attached_once = True
         self.head_request = head_request
         self.request_done = False
         self.response_done = False
         self.got_bytes = False
+
+    cdef int flush_early(self) except -1:
+        cdef UpstreamCallbacks cb = self.cb
+        if self.start >= self.end or self.closed:
+            return 0
+        self.resume_reading()
+        if self.tunnel or cb is None:
+            return self.data_ready()
+        if not self.got_bytes:
+            # An HTTP upstream spoke before it saw a request: not a response to it.
+            self.endpoint.forget(self)
+            self.detach_and_close()
+            cb.on_upstream_reset(UpstreamProtocolError("upstream sent data before the request"))
+        return 0
 
     cdef void request_finished(self):
         self.request_done = True
@@ -225,6 +241,11 @@ cdef class UpstreamConnection(Connection):
         cdef size_t consumed
         cdef int err
         cdef UpstreamCallbacks cb
+        if self.cb is None and not self.attached_once:
+            # Server-first protocol (a banner) before the stream took the
+            # connection: keep the bytes; flush_early decides.
+            self.pause_reading()
+            return 0
         self.got_bytes = True
         while self.start < self.end:
             if self.tunnel:

@@ -25,6 +25,9 @@ class HttpFilter:
     chunk, up to the route's ``max_request_body`` (413 past it).
     """
 
+    def __init__(self, config: Any = None):
+        self.config = config
+
     def on_request_headers(self, stream, end_stream: bool):
         return CONTINUE
 
