@@ -33,6 +33,11 @@ class RequestTimeout(BadRequest):
     reason = "request_timeout"
 
 
+class InternalError(ProxyError):
+    status = 500
+    reason = "internal_error"
+
+
 class NoRoute(ProxyError):
     status = 404
     reason = "no_route"

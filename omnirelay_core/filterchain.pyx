@@ -21,7 +21,11 @@ class LocalReply:
     def __init__(self, int status, body=b"", headers=None, reason="filter"):
         self.status = status
         self.body = body.encode() if isinstance(body, str) else bytes(body)
-        self.headers = list(headers or ())
+        self.headers = [(str(n), str(v)) for n, v in headers or ()]
+        for n, v in self.headers:
+            # Rejected here so the filter's failure path (a logged 500) applies.
+            if not n or any(c in n for c in ":\r\n\0 ") or any(c in v for c in "\r\n\0"):
+                raise ValueError(f"invalid local reply header {n!r}: {v!r}")
         self.reason = reason
 
     def __repr__(self):

@@ -60,11 +60,11 @@ cdef class Http1Parser:
         consumed[0] = <size_t>(llhttp_get_error_pos(&self.p) - data)
         if err == HPE_PAUSED or err == HPE_PAUSED_UPGRADE:
             return err
-        if err == HPE_USER:
-            exc = self.exc
-            self.exc = None
-            if exc is not None:
-                raise exc
+        # Any callback may have stored an exception (HPE_USER or an HPE_CB_* code).
+        exc = self.exc
+        self.exc = None
+        if exc is not None:
+            raise exc
         raise BadRequest(self.error_reason().decode("latin-1", "replace"))
 
     cdef int finish(self) except -1:

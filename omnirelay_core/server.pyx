@@ -13,7 +13,7 @@ from omnirelay_core.stream cimport (HttpStream, DownstreamCodec, ListenerState, 
                                     _new_stream)
 from omnirelay_core.errors cimport reason_phrase
 
-from omnirelay_core.errors import ProxyError, BadRequest, RequestTimeout
+from omnirelay_core.errors import ProxyError, BadRequest, RequestTimeout, InternalError
 
 import logging
 _log = logging.getLogger("omnirelay.core")
@@ -178,6 +178,11 @@ cdef class Http1ServerConnection(Connection):
                                               self.end - self.start, &consumed)
                 except ProxyError as e:
                     self._protocol_error(e)
+                    break
+                except Exception as e:
+                    # Our bug, not the client's: log it, answer 500 and close.
+                    _log.exception("internal error while handling a request")
+                    self._protocol_error(InternalError(f"internal error: {type(e).__name__}"))
                     break
                 self.start += consumed
                 if err == HPE_PAUSED:

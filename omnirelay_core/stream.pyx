@@ -277,7 +277,8 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.listener.xff_trusted_hops == 0 or h.find(b"x-forwarded-proto", 17, 0) < 0:
             h.remove_raw(b"x-forwarded-proto", 17)
             h.add_raw(b"x-forwarded-proto", 17, self.listener.scheme, len(self.listener.scheme))
-        _append_via(h, self.listener.via11 if self.http_minor else self.listener.via10)
+        if self.listener.via:
+            _append_via(h, self.listener.via11 if self.http_minor else self.listener.via10)
         i = h.find(b"x-request-id", 12, 0)
         if i < 0 or h.entries[i].value_len != len(self.request_id) or memcmp(
                 h.value_at(i), PyBytes_AS_STRING(self.request_id), len(self.request_id)) != 0:
@@ -307,7 +308,9 @@ cdef class HttpStream(UpstreamCallbacks):
         cdef double t = route.timeout
         if route.per_try_timeout > 0 and (t <= 0 or route.per_try_timeout < t):
             t = route.per_try_timeout
-        if t > 0 and not self.is_upgrade and not self.is_connect:
+        # An upgrade is bounded until its 101 (the timer is cancelled there);
+        # CONNECT only waits for the connect, bounded by connect_timeout.
+        if t > 0 and not self.is_connect:
             self.timer = asyncio.get_running_loop().call_later(t, self._on_timeout)
         return 0
 
@@ -521,7 +524,9 @@ cdef class HttpStream(UpstreamCallbacks):
         return self._encode_response_headers()
 
     cdef int _add_response_via(self) except -1:
-        return _append_via(self.response_headers, self.listener.via11)
+        if self.listener.via:
+            _append_via(self.response_headers, self.listener.via11)
+        return 0
 
     cdef int _encode_response_headers(self) except -1:
         self.resp_started = True

@@ -65,7 +65,7 @@ class TableBuilder:
                     path_exact=m.path_exact is not None,
                     headers=[(h.name, h.equals) for h in m.headers]))
             listeners[lst.name] = ListenerState(
-                lst.name, RouteTable(entries), via=lst.via or "omnirelay",
+                lst.name, RouteTable(entries), via=lst.via,
                 xff_trusted_hops=lst.xff_trusted_hops, max_header_bytes=lst.max_header_bytes,
                 idle_timeout=lst.idle_timeout if lst.idle_timeout > 0 else 1e12,
                 request_timeout=lst.request_timeout if lst.request_timeout > 0 else 1e12,

@@ -269,3 +269,24 @@ async def test_expect_100_continue_answers_before_any_body_byte():
             final = await c.response()
         assert final.status == 200
         assert origin.seen[0].body == b"abc"
+
+
+async def test_response_trailers_dropped_cleanly_for_http10_client():
+    async def upstream(reader, writer, srv):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n"
+                     b"5\r\nhello\r\n0\r\nx-checksum: abc123\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with (
+        RawServer(upstream) as srv,
+        omnirelay.Relay(make_config(srv.port)) as relay,
+        await Client.open(relay.address()) as c,
+    ):
+        await c.send(get("/t", version="1.0"))
+        data, how = await c.closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == b"hello", body
+    assert how == "eof"

@@ -189,6 +189,27 @@ class SlowResumeFactory(FilterFactory):
     filter_class = SlowResume
 
 
+class BadLocalReply(_Configured):
+    def on_request_headers(self, stream, end_stream):
+        if self.config.get("later"):
+            def answer():
+                try:
+                    stream.reply(403, b"no", headers=[("x-bad", "a\r\nInjected: yes")])
+                except ValueError:
+                    # The caller hears about its bad header; the stream stays answerable.
+                    stream.reply(403, b"no", headers=[("x-good", "1")])
+                else:
+                    raise AssertionError("reply() accepted a header value with CR LF")
+            asyncio.get_running_loop().call_later(0.01, answer)
+            return STOP
+        return LocalReply(403, b"no", headers=[("x-bad", "a\r\nInjected: yes")])
+
+
+@omnirelay.register("tests.bad_local_reply")
+class BadLocalReplyFactory(FilterFactory):
+    filter_class = BadLocalReply
+
+
 class NeverResume(_Configured):
     def on_request_headers(self, stream, end_stream):
         return STOP
@@ -474,3 +495,34 @@ async def test_connection_pooled_while_a_filter_held_the_response_notices_upstre
                 await eventually(lambda: endpoint_stats(relay)["idle"] == 0, 1.0,
                                  "the proxy noticing the upstream closed its idle connection")
         assert srv.accepted == 3
+
+
+async def test_returned_local_reply_with_header_injection_attempt_is_a_500():
+    async with (
+        RawServer(keepalive_handler) as srv,
+        relay_short_drain(make_config(srv.port, route={"filters": [
+            {"name": "tests.bad_local_reply"}]})) as relay,
+        await Client.open(relay.address()) as c,
+    ):
+        await c.send(get("/x"))
+        r = await c.response(timeout=3)
+        assert "injected" not in r.headers, f"header injection: {r.headers}"
+        assert r.status == 500, f"{r.start_line}: {r.body!r}"
+    assert srv.accepted == 0
+
+
+async def test_stream_reply_with_bad_header_raises_and_stream_stays_answerable():
+    async with (
+        RawServer(keepalive_handler) as srv,
+        relay_short_drain(make_config(srv.port, route={"filters": [
+            {"name": "tests.bad_local_reply", "config": {"later": True}}]})) as relay,
+        await Client.open(relay.address()) as c,
+    ):
+        await c.send(get("/x"))
+        r = await c.response(timeout=3)
+        assert r.status == 403 and r.body == b"no"
+        assert r.headers.get("x-good") == "1"
+        assert "injected" not in r.headers and "x-bad" not in r.headers
+        assert len(r.headers.getall("x-omnirelay-reason")) <= 1
+        assert len(r.headers.getall("content-type")) <= 1
+    assert srv.accepted == 0

@@ -174,3 +174,16 @@ async def test_trusted_hop_keeps_forwarded_proto():
     assert first.headers.getall("x-forwarded-proto") == ["https"]
     assert first.headers.getall("x-forwarded-for") == ["198.51.100.9, 127.0.0.1"]
     assert second.headers.getall("x-forwarded-proto") == ["http"]
+
+
+async def test_oversized_or_empty_request_id_is_replaced():
+    async with (
+        Origin() as origin,
+        omnirelay.Relay(make_config(origin.port)) as relay,
+        await Client.open(relay.address()) as c,
+    ):
+        await c.request(get("/", headers=f"X-Request-Id: {'r' * 200}\r\n"))
+        await c.request(get("/", headers="X-Request-Id: \r\n"))
+    for seen in origin.seen:
+        (rid,) = seen.headers.getall("x-request-id")
+        assert UUID4.match(rid), rid

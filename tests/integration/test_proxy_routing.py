@@ -250,3 +250,27 @@ async def test_stop_drains_in_flight_request_and_refuses_new_connections():
         await asyncio.wait_for(stopping, 2)
         await idle.close()
         await busy.close()
+
+
+async def test_reload_moving_a_listener_to_another_port():
+    from harness import free_port
+
+    async with Origin("one") as one:
+        p1, p2 = free_port(), free_port()
+        cfg1 = make_config(one.port, listener={"port": p1})
+        cfg2 = make_config(one.port, listener={"port": p2})
+        async with omnirelay.Relay(cfg1) as relay:
+            assert relay.address()[1] == p1
+            kept = await Client.open(("127.0.0.1", p1))
+            assert (await kept.request(get("/"))).status == 200
+            await relay.reload(cfg2)
+            assert relay.address()[1] == p2
+            async with await Client.open(("127.0.0.1", p2)) as fresh:
+                assert (await fresh.request(get("/"))).status == 200
+            # The old listener drains: its idle keep-alive connection is closed ...
+            rest, _ = await kept.closed(timeout=2)
+            assert rest == b""
+            await kept.close()
+            # ... and it accepts nothing new.
+            with pytest.raises(OSError):
+                await asyncio.wait_for(asyncio.open_connection("127.0.0.1", p1), 2)

@@ -219,3 +219,40 @@ async def test_upstream_talking_before_the_request_gets_502_not_a_hang():
             assert 500 <= r.status < 600 or r.status == 408, r.start_line
         from harness import assert_quiescent
         await assert_quiescent(relay)
+
+
+async def test_connect_to_banner_then_close_upstream():
+    async def busy(reader, writer, srv):
+        writer.write(b"421 too busy\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with (
+        RawServer(busy) as srv,
+        relay_short_drain(make_config(srv.port)) as relay,
+        await Client.open(relay.address()) as c,
+    ):
+        await c.send(b"CONNECT ftp.example:21 HTTP/1.1\r\nHost: ftp.example:21\r\n\r\n")
+        resp = await c.response("CONNECT")
+        assert resp.status == 200
+        rest, _ = await c.closed()
+        assert rest == b"421 too busy\r\n"
+
+
+async def test_upgrade_to_silent_upstream_times_out():
+    async def silent(reader, writer, srv):
+        srv.requests.append(await read_request(reader))
+        await reader.read()
+
+    async with (
+        RawServer(silent) as srv,
+        relay_short_drain(make_config(srv.port, route={"timeout": 0.3})) as relay,
+        await Client.open(relay.address()) as c,
+    ):
+        await c.send(WS_REQUEST)
+        try:
+            resp = await c.response(timeout=3)
+        except TimeoutError:
+            raise AssertionError("an upgrade request to an upstream that never answers got "
+                                 "nothing within 3 s (route timeout 0.3 s)") from None
+        assert resp.status == 504
