@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from omnirelay._core import ListenerRuntime, pool_stats
 from omnirelay.config import Config, load_config
@@ -91,11 +91,11 @@ class Relay:
             if r.server is not None:
                 await r.server.wait_closed() if hasattr(r.server, "wait_closed") else None
 
-    async def __aenter__(self) -> Relay:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     # ---- reload ----

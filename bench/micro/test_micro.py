@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from omnirelay_core.http1 import Http1Events, Http1Parser
 
 from bench.micro.harness import ProxyHarness, config
 from omnirelay import CONTINUE, FilterFactory, HttpFilter, register
-from omnirelay_core.http1 import Http1Events, Http1Parser
 
 REQUEST = (b"GET /api/v1/items?page=2 HTTP/1.1\r\n"
            b"Host: api.example.com\r\n"

@@ -13,7 +13,7 @@ from omnirelay._core import HOOK_METHODS, LocalReply
 CONTINUE = 0
 STOP = 1
 
-__all__ = ["CONTINUE", "STOP", "LocalReply", "HttpFilter", "FilterFactory", "HOOK_METHODS"]
+__all__ = ["CONTINUE", "HOOK_METHODS", "STOP", "FilterFactory", "HttpFilter", "LocalReply"]
 
 
 class HttpFilter:

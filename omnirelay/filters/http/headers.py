@@ -22,7 +22,7 @@ class HeadersConfig:
 
 def _pairs(value, key):
     if not isinstance(value, dict):
-        raise ValueError(f"{key} must be a mapping of header name to value")
+        raise TypeError(f"{key} must be a mapping of header name to value")
     out = []
     for k, v in value.items():
         if not isinstance(v, str) or any(c in v for c in "\r\n\0"):

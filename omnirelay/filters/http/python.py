@@ -28,7 +28,7 @@ class PythonFilterFactory(FilterFactory):
         except (ImportError, AttributeError) as e:
             raise ValueError(f"cannot import {target!r}: {e}") from e
         if not (isinstance(cls, type) and issubclass(cls, FilterFactory)):
-            raise ValueError(f"{target!r} is not a FilterFactory subclass")
+            raise TypeError(f"{target!r} is not a FilterFactory subclass")
         self.inner = cls(inner_cfg)
         self.config = self.inner.config
 
