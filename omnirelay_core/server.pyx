@@ -146,6 +146,7 @@ cdef class Http1ServerConnection(Connection):
     cdef bint tunnel
     cdef bint close_after
     cdef bint draining
+    cdef bint peer_eof
     cdef double request_started
 
     def connection_made(self, transport):
@@ -202,6 +203,8 @@ cdef class Http1ServerConnection(Connection):
             self.in_parse = False
         if self.start >= self.end:
             self.consumed_all()
+            if self.peer_eof and self.stream is None:
+                self.close()
         elif self.parse_paused:
             # A pipelined request waits in the slab until this response is done.
             self.pause_reading()
@@ -315,6 +318,8 @@ cdef class Http1ServerConnection(Connection):
             self.resume_reading()
             if self.start < self.end and not self.in_parse:
                 self.data_ready()
+        if self.peer_eof and self.stream is None and self.start >= self.end and not self.in_parse:
+            self.close()
         return 0
 
     # ---- transport events ----
@@ -324,8 +329,9 @@ cdef class Http1ServerConnection(Connection):
             s.on_request_tunnel_eof()
             return 1
         if s is not None and not s.done and s.req_end:
-            # Client half-closed after a full request: answer, then close.
-            self.close_after = True
+            # Client half-closed after full requests: answer every request it
+            # already sent (pipelined ones wait in the slab), then close.
+            self.peer_eof = True
             return 1
         self.close()
         return 0

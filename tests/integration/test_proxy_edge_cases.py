@@ -192,3 +192,16 @@ async def test_client_half_close_after_request_still_gets_response():
         assert r.status == 200 and r.json()["sha256"] == sha256(b"abc")
         rest, how = await c.closed()
         assert rest == b"" and how == "eof"
+
+
+async def test_half_close_after_pipelined_requests_answers_all_of_them():
+    """A client that writes several requests and then shuts down its sending side
+    still gets every response before the proxy closes the connection."""
+    async with Origin() as origin, omnirelay.Relay(make_config(origin.port)) as relay:
+        async with await Client.open(relay.address()) as c:
+            await c.send(get("/h/1") + get("/h/2") + get("/h/3"))
+            c.writer.write_eof()
+            paths = [(await c.response()).json()["path"] for _ in range(3)]
+            rest, how = await c.closed()
+        assert paths == ["/h/1", "/h/2", "/h/3"]
+        assert rest == b"" and how == "eof"
