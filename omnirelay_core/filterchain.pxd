@@ -16,8 +16,20 @@ cdef enum Hook:
     N_HOOKS = 7
 
 
+# A native filter: a C table the core calls directly, without the GIL. A hook
+# returns 0 (continue), 1 (stop; resumed later through the host API) or an HTTP
+# status 100..599 (local reply). `stream` is an opaque handle for the host API
+# that the native-plugin ABI (omnirelay_plugin.h) defines on top of this.
+ctypedef int (*native_hook_t)(void* config, void* stream, int end_stream) noexcept nogil
+
+cdef struct NativeFilterTable:
+    native_hook_t hooks[7]      # indexed by Hook; NULL = pass-through
+    void* config
+
+
 cdef class FilterChain:
     cdef readonly tuple factories
+    cdef NativeFilterTable** native   # per factory; NULL for Python filters
     cdef tuple by_hook          # per hook: tuple of filter indexes, in call order
     cdef readonly bint empty
 

@@ -2,9 +2,12 @@
 # config load; a FilterState holds one stream's per-stream filter objects and
 # where iteration paused. Hooks a filter does not override are never called.
 #
-# Native (C function-pointer) filters will sit in the same index tables and be
+# Native (C function-pointer) filters sit in the same index tables and are
 # called without the GIL; only Python filters need the interpreter.
 import logging
+
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from libc.stdint cimport uintptr_t
 
 _log = logging.getLogger("omnirelay.filters")
 
@@ -46,8 +49,22 @@ cdef class FilterChain:
     def __init__(self, factories, hooks):
         cdef list by_hook = [[] for _ in range(N_HOOKS)]
         cdef int h
+        cdef NativeFilterTable* tbl
         self.factories = tuple(factories)
+        self.native = <NativeFilterTable**>PyMem_Calloc(len(self.factories) + 1, sizeof(void*))
+        if self.native == NULL:
+            raise MemoryError()
         for i, names in enumerate(hooks):
+            # A factory exposing `native_table` (the address of a NativeFilterTable
+            # it keeps alive) is called at C level; only header and trailer hooks so far.
+            addr = getattr(self.factories[i], "native_table", 0)
+            if addr:
+                tbl = <NativeFilterTable*><uintptr_t>addr
+                self.native[i] = tbl
+                for h in (REQUEST_HEADERS, REQUEST_TRAILERS, RESPONSE_HEADERS, RESPONSE_TRAILERS):
+                    if tbl.hooks[h] != NULL:
+                        by_hook[h].append(i)
+                continue
             for h, name in enumerate(HOOK_METHODS):
                 if name in names:
                     by_hook[h].append(i)
@@ -60,12 +77,16 @@ cdef class FilterChain:
     cdef FilterState new_state(self):
         cdef FilterState st = FilterState.__new__(FilterState)
         st.chain = self
-        st.filters = [f.create() for f in self.factories]
+        st.filters = [None if self.native[i] != NULL else f.create()
+                      for i, f in enumerate(self.factories)]
         st.paused_hook = -1
         return st
 
     cdef bint has(self, int hook) noexcept:
         return len(<tuple>self.by_hook[hook]) > 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.native)
 
     def __len__(self):
         return len(self.factories)
@@ -79,7 +100,28 @@ cdef class FilterState:
         cdef tuple idx = <tuple>self.chain.by_hook[hook]
         cdef Py_ssize_t k
         cdef str meth = HOOK_METHODS[hook]
+        cdef NativeFilterTable* tbl
+        cdef native_hook_t fn
+        cdef void* handle = <void*>stream
+        cdef int rc
         for k in range(start, len(idx)):
+            tbl = self.chain.native[<Py_ssize_t>idx[k]]
+            if tbl != NULL:
+                fn = tbl.hooks[hook]
+                with nogil:
+                    rc = fn(tbl.config, handle, end_stream)
+                if rc == 0:
+                    continue
+                if rc == 1:
+                    self.paused_hook = hook
+                    self.paused_at = k
+                    return STOP
+                if 100 <= rc <= 599:
+                    self.local_reply = LocalReply(rc, reason="native_filter")
+                else:
+                    _log.error("native filter %d returned %d", <Py_ssize_t>idx[k], rc)
+                    self.local_reply = LocalReply(500, b"filter failure\n", reason="filter_failure")
+                return LOCAL_REPLY
             f = self.filters[<Py_ssize_t>idx[k]]
             try:
                 if hook == REQUEST_TRAILERS or hook == RESPONSE_TRAILERS:
