@@ -16,13 +16,30 @@ cdef bytes _host_bytes(str host):
         return (name or host).encode("idna") + (sep + port).encode("ascii")
 
 
+_RETRY_ON = {"5xx": RETRY_5XX, "gateway-error": RETRY_GATEWAY_ERROR,
+             "connect-failure": RETRY_CONNECT_FAILURE, "reset": RETRY_RESET,
+             "retriable-status-codes": RETRY_STATUS_CODES}
+
+
 cdef class RouteEntry:
 
     def __init__(self, str name, Cluster cluster, *, double timeout=15.0,
                  double per_try_timeout=0.0, Py_ssize_t max_request_body=-1,
                  FilterChain chain=None, hosts=("*",), bytes path=b"/",
-                 bint path_exact=False, headers=()):
+                 bint path_exact=False, headers=(), retry_on=(), int num_retries=0,
+                 retriable_status_codes=(), double retry_base_interval=0.025,
+                 double retry_max_interval=0.25, double retry_budget_percent=20.0,
+                 int retry_min_concurrency=3):
         self.name = name
+        self.retry_on = 0
+        for cond in retry_on:
+            self.retry_on |= _RETRY_ON[cond]
+        self.num_retries = num_retries if self.retry_on else 0
+        self.retriable_status_codes = tuple(int(c) for c in retriable_status_codes)
+        self.retry_base_interval = retry_base_interval
+        self.retry_max_interval = retry_max_interval
+        self.retry_budget_percent = retry_budget_percent
+        self.retry_min_concurrency = retry_min_concurrency
         self.cluster = cluster
         self.timeout = timeout
         self.per_try_timeout = per_try_timeout

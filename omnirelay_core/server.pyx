@@ -146,7 +146,6 @@ cdef class Http1ServerConnection(Connection):
     cdef bint tunnel
     cdef bint close_after
     cdef bint draining
-    cdef bint peer_eof
     cdef double request_started
 
     def connection_made(self, transport):
@@ -203,8 +202,6 @@ cdef class Http1ServerConnection(Connection):
             self.in_parse = False
         if self.start >= self.end:
             self.consumed_all()
-            if self.peer_eof and self.stream is None:
-                self.close()
         elif self.parse_paused:
             # A pipelined request waits in the slab until this response is done.
             self.pause_reading()
@@ -318,8 +315,6 @@ cdef class Http1ServerConnection(Connection):
             self.resume_reading()
             if self.start < self.end and not self.in_parse:
                 self.data_ready()
-        if self.peer_eof and self.stream is None and self.start >= self.end and not self.in_parse:
-            self.close()
         return 0
 
     # ---- transport events ----
@@ -328,11 +323,9 @@ cdef class Http1ServerConnection(Connection):
         if self.tunnel and s is not None:
             s.on_request_tunnel_eof()
             return 1
-        if s is not None and not s.done and s.req_end:
-            # Client half-closed after full requests: answer every request it
-            # already sent (pipelined ones wait in the slab), then close.
-            self.peer_eof = True
-            return 1
+        # A client FIN while a request is in flight abandons it, as Envoy and
+        # nginx (499) do: the upstream request is aborted, not completed for
+        # nobody. Tunnels above propagate half-close instead.
         self.close()
         return 0
 

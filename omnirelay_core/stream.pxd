@@ -1,6 +1,6 @@
 from omnirelay_core.headers cimport HeaderMap
 from omnirelay_core.buffers cimport ByteBuilder
-from omnirelay_core.upstream cimport UpstreamCallbacks, UpstreamConnection
+from omnirelay_core.upstream cimport UpstreamCallbacks, UpstreamConnection, Endpoint
 from omnirelay_core.router cimport RouteEntry, RouteTable
 from omnirelay_core.filterchain cimport FilterState
 
@@ -19,6 +19,8 @@ cdef class Stats:
     cdef public long long downstream_rq_protocol_error
     cdef public long long upstream_rq_total
     cdef public long long upstream_rq_timeout
+    cdef public long long upstream_rq_per_try_timeout
+    cdef public long long upstream_rq_retry
     cdef public long long upstream_rq_reset
     cdef public long long upstream_cx_connect_fail
     cdef public long long upstream_cx_reused
@@ -78,6 +80,17 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef list pending
     cdef Py_ssize_t pending_bytes
     cdef object timer
+    cdef object try_timer
+    cdef object retry_timer
+    cdef readonly int attempts
+    cdef Endpoint endpoint        # of the current attempt
+    cdef UpstreamConnection connecting   # the connect the current attempt waits for
+    cdef bint rq_counted          # circuit breaker accounting on the cluster
+    cdef bint pending_counted
+    cdef bint retry_counted
+    cdef list replay              # request body sent so far, for a retry
+    cdef Py_ssize_t replay_bytes
+    cdef bint replay_lost
     cdef public object metadata
     cdef readonly double start_time
     cdef readonly str local_reason
@@ -129,5 +142,12 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef int _cancel_timer(self) except -1
     cdef int _complete_response(self) except -1
     cdef int _start_timer(self) except -1
+    cdef int _overflow(self, str what) except -1
+    cdef int _record(self, object data) except -1
+    cdef bint _should_retry(self, int cond, int status)
+    cdef int _retry(self) except -1
+    cdef int _attempt_failed(self, object exc, int cond) except -1
+    cdef int _attach_upstream(self, UpstreamConnection c) except -1
+    cdef int _abandon_connect(self) except -1
     cdef int _filter_local_reply(self) except -1
     cdef int _add_response_via(self) except -1

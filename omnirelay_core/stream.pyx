@@ -12,7 +12,9 @@ from omnirelay_core.headers cimport HeaderMap, ascii_ieq
 from omnirelay_core.connection cimport monotonic
 from omnirelay_core.buffers cimport ByteBuilder
 from omnirelay_core.upstream cimport UpstreamCallbacks, UpstreamConnection, Endpoint, Cluster
-from omnirelay_core.router cimport RouteEntry, RouteTable
+from omnirelay_core.router cimport (RouteEntry, RouteTable, RETRY_5XX, RETRY_GATEWAY_ERROR,
+                                    RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_STATUS_CODES)
+from omnirelay_core.upstream cimport hash_bytes, LB_RING_HASH
 from omnirelay_core.filterchain cimport (FilterChain, FilterState, CONTINUE, STOP, LOCAL_REPLY,
                                          REQUEST_HEADERS, REQUEST_BODY, REQUEST_TRAILERS,
                                          RESPONSE_HEADERS, RESPONSE_BODY, RESPONSE_TRAILERS)
@@ -79,7 +81,8 @@ cdef class Stats:
             "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
             "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
             "downstream_rq_local_reply", "downstream_rq_protocol_error",
-            "upstream_rq_total", "upstream_rq_timeout", "upstream_rq_reset",
+            "upstream_rq_total", "upstream_rq_timeout", "upstream_rq_per_try_timeout",
+            "upstream_rq_retry", "upstream_rq_reset",
             "upstream_cx_connect_fail", "upstream_cx_reused")}
 
 
@@ -226,7 +229,8 @@ cdef class HttpStream(UpstreamCallbacks):
             if route.chain.has(REQUEST_HEADERS):
                 r = self.fstate.run(REQUEST_HEADERS, self, None, end_stream, 0)
                 if r == STOP:
-                    self.codec.read_disable(self, True)
+                    # Reads stay on so a client that leaves is noticed; body bytes
+                    # queue in `pending`, which pauses reads past the buffer limit.
                     return 0
                 if r == LOCAL_REPLY:
                     return self._filter_local_reply()
@@ -289,24 +293,162 @@ cdef class HttpStream(UpstreamCallbacks):
 
     cdef int _start_upstream(self) except -1:
         cdef RouteEntry route = self.route
-        cdef Endpoint ep = route.cluster.pick()
+        cdef Cluster cluster = route.cluster
+        cdef Endpoint ep
         cdef UpstreamConnection c
+        cdef unsigned long long key = 0
+        cdef Py_ssize_t i
+        cdef int open_cx = 0
+        if not self.rq_counted:
+            if cluster.rq_active >= cluster.max_requests:
+                return self._overflow("max_requests")
+            cluster.rq_active += 1
+            self.rq_counted = True
+        if cluster.lb >= LB_RING_HASH:
+            if cluster.hash_source_ip:
+                key = hash_bytes(PyBytes_AS_STRING(self.peer_bytes), len(self.peer_bytes))
+            elif cluster.hash_header is not None:
+                i = self.request_headers.find(cluster.hash_header, len(cluster.hash_header), 0)
+                key = (hash_bytes(self.request_headers.value_at(i), self.request_headers.entries[i].value_len)
+                       if i >= 0 else _rand64())
+        ep = cluster.pick(key)
         if ep is None:
             return self.fail(UpstreamUnavailable("cluster has no endpoints",
                                                  reason="no_healthy_upstream"))
+        self.endpoint = ep
+        self.attempts += 1
         self.listener.stats.upstream_rq_total += 1
+        if route.per_try_timeout > 0 and not self.is_upgrade and not self.is_connect:
+            self.try_timer = asyncio.get_running_loop().call_later(
+                route.per_try_timeout, self._on_try_timeout)
         c = ep.acquire()
         if c is not None:
             self.listener.stats.upstream_cx_reused += 1
-            return self.on_upstream_ready(c)
-        ep.connect(self)
+            return self._attach_upstream(c)
+        if cluster.rq_pending >= cluster.max_pending_requests:
+            return self._overflow("max_pending_requests")
+        for e in cluster.endpoints:
+            open_cx += (<Endpoint>e).open_connections
+        if open_cx >= cluster.max_connections:
+            return self._overflow("max_connections")
+        cluster.rq_pending += 1
+        self.pending_counted = True
+        self.connecting = ep.connect(self)
         return 0
+
+    cdef int _abandon_connect(self) except -1:
+        # The attempt no longer waits for its connect (done, timed out, retrying);
+        # a late connection goes to the pool, a late failure is ignored.
+        self.connecting = None
+        if self.pending_counted:
+            self.pending_counted = False
+            self.route.cluster.rq_pending -= 1
+        return 0
+
+    cdef int _overflow(self, str what) except -1:
+        # Circuit breaker open: 503 now, with the limit that tripped in the reason.
+        self.route.cluster.overflows += 1
+        return self.fail(UpstreamUnavailable(
+            f"cluster {self.route.cluster.name} overflow: {what}",
+            reason="upstream_overflow_" + what))
+
+    cdef int _record(self, object data) except -1:
+        # Keep what was sent upstream so a retry can replay it; past the buffer
+        # limit the request can no longer be retried.
+        if self.route is None or self.route.num_retries == 0 or self.replay_lost:
+            return 0
+        self.replay_bytes += len(data)
+        if self.replay_bytes > self.listener.buffer_limit:
+            self.replay_lost = True
+            self.replay = None
+            return 0
+        if self.replay is None:
+            self.replay = []
+        self.replay.append(data)
+        return 0
+
+    cdef bint _should_retry(self, int cond, int status):
+        cdef RouteEntry route = self.route
+        cdef Cluster cluster
+        cdef int on
+        if (route is None or self.attempts > route.num_retries or self.resp_started
+                or self.done or self.tunnel or self.is_upgrade or self.is_connect
+                or self.replay_lost):
+            return False
+        on = route.retry_on
+        if cond == RETRY_CONNECT_FAILURE:
+            ok = on & (RETRY_CONNECT_FAILURE | RETRY_5XX | RETRY_GATEWAY_ERROR | RETRY_RESET)
+        elif cond == RETRY_RESET:
+            ok = on & (RETRY_RESET | RETRY_5XX | RETRY_GATEWAY_ERROR)
+        else:
+            ok = ((on & RETRY_5XX and status >= 500) or
+                  (on & RETRY_GATEWAY_ERROR and (status == 502 or status == 503 or status == 504)) or
+                  (on & RETRY_STATUS_CODES and status in route.retriable_status_codes))
+        if not ok:
+            return False
+        # Retry budget: active retries stay under a share of active requests.
+        cluster = route.cluster
+        if cluster.retries_active >= cluster.max_retries:
+            return False
+        if cluster.retries_active >= max(route.retry_min_concurrency,
+                                         cluster.rq_active * route.retry_budget_percent / 100.0):
+            return False
+        return True
+
+    cdef int _retry(self) except -1:
+        cdef RouteEntry route = self.route
+        cdef double backoff
+        if self.upstream is not None:
+            self.upstream.detach_and_close()
+            self.upstream = None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        self._abandon_connect()
+        self.upstream_sent_head = False
+        self.upstream_end_sent = False
+        self.pending = list(self.replay) if self.replay is not None else None
+        self.pending_bytes = self.replay_bytes if self.replay is not None else 0
+        self.listener.stats.upstream_rq_retry += 1
+        route.cluster.retries_active += 1
+        self.retry_counted = True
+        # Exponential backoff with full jitter.
+        backoff = min(route.retry_max_interval,
+                      route.retry_base_interval * (1 << min(self.attempts - 1, 16)))
+        backoff *= (_rand64() >> 11) * (1.0 / 9007199254740992.0)
+        self.retry_timer = asyncio.get_running_loop().call_later(backoff, self._do_retry)
+        return 0
+
+    def _do_retry(self):
+        self.retry_timer = None
+        if self.retry_counted:
+            self.retry_counted = False
+            self.route.cluster.retries_active -= 1
+        if not self.done:
+            try:
+                self._start_upstream()
+            except ProxyError as e:
+                self.fail(e)
+
+    cdef int _attempt_failed(self, object exc, int cond) except -1:
+        if self.endpoint is not None:
+            self.route.cluster.report(self.endpoint, 0)
+        if self._should_retry(cond, 0):
+            return self._retry()
+        return self.fail(exc)
+
+    def _on_try_timeout(self):
+        self.try_timer = None
+        if self.done or self.resp_started:
+            return
+        self.listener.stats.upstream_rq_per_try_timeout += 1
+        self._attempt_failed(UpstreamTimeout("upstream per-try timeout"), RETRY_RESET)
 
     cdef int _start_timer(self) except -1:
         # Started once the route is known, so a filter that never resumes is bounded too.
         cdef RouteEntry route = self.route
         cdef double t = route.timeout
-        if route.per_try_timeout > 0 and (t <= 0 or route.per_try_timeout < t):
+        if t <= 0 and route.num_retries == 0:
             t = route.per_try_timeout
         # An upgrade is bounded until its 101 (the timer is cancelled there);
         # CONNECT only waits for the connect, bounded by connect_timeout.
@@ -322,11 +464,15 @@ cdef class HttpStream(UpstreamCallbacks):
         self.fail(UpstreamTimeout("upstream request timeout"))
 
     cdef int on_upstream_ready(self, UpstreamConnection c) except -1:
-        if self.done or self.upstream is not None:
-            # The stream ended while connecting: keep the connection for others.
+        if c is not self.connecting or self.done:
+            # A connect this stream gave up on: keep the connection for others.
             c.attach(None, False)
             c.endpoint.release(c)
             return 0
+        self._abandon_connect()
+        return self._attach_upstream(c)
+
+    cdef int _attach_upstream(self, UpstreamConnection c) except -1:
         if not c.reused:
             c.transport.set_write_buffer_limits(c.endpoint.cluster.buffer_limit)
         self.upstream = c
@@ -355,10 +501,16 @@ cdef class HttpStream(UpstreamCallbacks):
             self._send_upstream_end()
         return 0
 
-    cdef int on_upstream_connect_failed(self, object exc) except -1:
+    cdef int on_upstream_connect_failed(self, UpstreamConnection c, object exc) except -1:
         self.listener.stats.upstream_cx_connect_fail += 1
+        if c is not self.connecting:
+            return 0
+        self._abandon_connect()
         if not self.done:
-            self.fail(exc)
+            if self.try_timer is not None:
+                self.try_timer.cancel()
+                self.try_timer = None
+            self._attempt_failed(exc, RETRY_CONNECT_FAILURE)
         return 0
 
     cdef int _send_upstream_head(self) except -1:
@@ -431,6 +583,7 @@ cdef class HttpStream(UpstreamCallbacks):
                 return 0
             if isinstance(data, LocalReply):
                 return self.send_local_reply(data.status, data.body, data.reason, data.headers)
+        self._record(data)
         if self.upstream is not None and (self.upstream_sent_head or self.tunnel):
             return self._send_upstream_data(data)
         if self.pending is None:
@@ -492,6 +645,13 @@ cdef class HttpStream(UpstreamCallbacks):
             return 0
         if c.parser.p.status_code == 101 and not self.is_upgrade:
             return self.fail(UpstreamProtocolError("upstream switched protocols unasked"))
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        self.route.cluster.report(c.endpoint, c.parser.p.status_code)
+        if self._should_retry(0, c.parser.p.status_code):
+            # Discard this response (and its connection) and try again.
+            return self._retry()
         self.status = c.parser.p.status_code
         # Swap maps instead of copying: the parser gets our empty one back.
         tmp = self.response_headers
@@ -616,9 +776,9 @@ cdef class HttpStream(UpstreamCallbacks):
             # A pooled connection the upstream closed as we reused it: one fresh try.
             self.upstream_sent_head = False
             self.upstream_end_sent = False
-            c.endpoint.connect(self)
+            self.connecting = c.endpoint.connect(self)
             return 0
-        return self.fail(exc)
+        return self._attempt_failed(exc, RETRY_RESET)
 
     cdef int on_upstream_tunnel_data(self, const char* p, size_t n) except -1:
         return self.codec.tunnel_write(self, p, n)
@@ -717,6 +877,20 @@ cdef class HttpStream(UpstreamCallbacks):
             return 0
         self.done = True
         self._cancel_timer()
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
+        if self.retry_counted:
+            self.retry_counted = False
+            self.route.cluster.retries_active -= 1
+        if self.connecting is not None or self.pending_counted:
+            self._abandon_connect()
+        if self.rq_counted:
+            self.rq_counted = False
+            self.route.cluster.rq_active -= 1
         st.downstream_rq_active -= 1
         cls = self.status // 100
         if cls == 2:

@@ -5,7 +5,7 @@ from omnirelay_core.http1 cimport Http1Parser
 cdef class UpstreamCallbacks:
     """What a stream implements to hear from the upstream connection it holds."""
     cdef int on_upstream_ready(self, UpstreamConnection c) except -1
-    cdef int on_upstream_connect_failed(self, object exc) except -1
+    cdef int on_upstream_connect_failed(self, UpstreamConnection c, object exc) except -1
     cdef int on_upstream_headers(self, UpstreamConnection c) except -1
     cdef int on_upstream_body(self, const char* p, size_t n) except -1
     cdef int on_upstream_complete(self, UpstreamConnection c) except -1
@@ -25,11 +25,21 @@ cdef class Endpoint:
     cdef readonly long long connect_failures
     cdef readonly long long reuses
     cdef readonly int active
+    cdef public bint healthy        # active health checking flips it
+    cdef public bint ejected        # outlier detection
+    cdef public double ejected_until
+    cdef public int ejections
+    cdef public int consecutive_5xx
+    cdef public int consecutive_gateway
+    cdef readonly int open_connections
+
+    cdef inline bint available(self) noexcept:
+        return self.healthy and not self.ejected
 
     cdef UpstreamConnection acquire(self)
     cdef void release(self, UpstreamConnection c)
     cdef void forget(self, UpstreamConnection c)
-    cdef void connect(self, UpstreamCallbacks cb)
+    cdef UpstreamConnection connect(self, UpstreamCallbacks cb)
     cdef int sweep_idle(self, double now) except -1
 
 
@@ -38,12 +48,49 @@ cdef class Cluster:
     cdef readonly list endpoints
     cdef Py_ssize_t rr
     cdef list _ring
+    cdef public int lb                  # LB_* below
+    cdef list _hash_eps                 # ring_hash: endpoints in ring order
+    cdef unsigned long long* _hkeys     # ring_hash: sorted positions
+    cdef Py_ssize_t _hn
+    cdef public bytes hash_header       # hash key: a request header (lowercase) ...
+    cdef public bint hash_source_ip     # ... or the client address
+    cdef list _maglev                   # maglev: lookup table of endpoints
+    cdef unsigned long long _rng
+    # circuit breakers and their live counters
+    cdef public int max_connections
+    cdef public int max_pending_requests
+    cdef public int max_requests
+    cdef public int max_retries
+    cdef public int rq_active
+    cdef public int rq_pending
+    cdef public int retries_active
+    cdef public long long overflows
+    # outlier detection (consecutive_* = 0 disables that detector)
+    cdef public int od_consecutive_5xx
+    cdef public int od_consecutive_gateway
+    cdef public double od_base_ejection
+    cdef public double od_max_ejection
+    cdef public int od_max_percent
     cdef public double connect_timeout
     cdef public double idle_timeout
     cdef public int max_idle
     cdef public Py_ssize_t buffer_limit
 
-    cdef Endpoint pick(self)
+    cdef unsigned long long _rand(self) noexcept
+    cdef Endpoint _next_rr(self)
+    cdef Endpoint pick(self, unsigned long long key)
+    cdef int report(self, Endpoint ep, int status) except -1
+
+
+cdef enum:
+    LB_ROUND_ROBIN = 0
+    LB_LEAST_REQUEST = 1
+    LB_RANDOM = 2
+    LB_RING_HASH = 3
+    LB_MAGLEV = 4
+
+
+cdef unsigned long long hash_bytes(const char* p, Py_ssize_t n) noexcept
 
 
 cdef class UpstreamConnection(Connection):

@@ -1,6 +1,11 @@
 # Upstream side: clusters, endpoints with keep-alive pools, and the HTTP/1.1
 # client connection whose response events go to the stream that holds it.
 import asyncio
+import logging
+
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+
+_log = logging.getLogger("omnirelay.upstream")
 
 from omnirelay_core.includes.llhttp cimport HPE_OK, HPE_PAUSED, HPE_PAUSED_UPGRADE
 from omnirelay_core.connection cimport Connection, monotonic
@@ -13,7 +18,7 @@ from omnirelay_core.errors import (UpstreamUnavailable, UpstreamReset,
 cdef class UpstreamCallbacks:
     cdef int on_upstream_ready(self, UpstreamConnection c) except -1:
         return 0
-    cdef int on_upstream_connect_failed(self, object exc) except -1:
+    cdef int on_upstream_connect_failed(self, UpstreamConnection c, object exc) except -1:
         return 0
     cdef int on_upstream_headers(self, UpstreamConnection c) except -1:
         return 0
@@ -31,6 +36,33 @@ cdef class UpstreamCallbacks:
         return 0
 
 
+LB_POLICIES = {"round_robin": LB_ROUND_ROBIN, "least_request": LB_LEAST_REQUEST,
+               "random": LB_RANDOM, "ring_hash": LB_RING_HASH, "maglev": LB_MAGLEV}
+_RING_POINTS_PER_WEIGHT = 100
+_MAGLEV_SIZE = 65537      # prime, as the Maglev paper requires
+
+
+cdef unsigned long long hash_bytes(const char* p, Py_ssize_t n) noexcept:
+    # FNV-1a, then a murmur3 finalizer so nearby keys land far apart on the ring.
+    cdef unsigned long long h = 14695981039346656037ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h ^= <unsigned char>p[i]
+        h *= 1099511628211ULL
+    h ^= h >> 33
+    h *= 0xff51afd7ed558ccdULL
+    h ^= h >> 33
+    h *= 0xc4ceb9fe1a85ec53ULL
+    h ^= h >> 33
+    return h
+
+
+def hash_key(data):
+    """The core's hash of a key (header value or client address), for tests and tools."""
+    cdef bytes b = data.encode() if isinstance(data, str) else bytes(data)
+    return hash_bytes(b, len(b))
+
+
 cdef class Cluster:
     """Endpoints and their pools; kept across config reloads for endpoints that stay."""
 
@@ -43,6 +75,65 @@ cdef class Cluster:
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
         self.buffer_limit = buffer_limit
+        self.max_connections = self.max_pending_requests = self.max_requests = 1024
+        self.max_retries = 3
+        self._rng = (hash_bytes(name.encode(), len(name.encode())) | 1)
+        self._hash_eps = []
+        self._maglev = []
+
+    def __dealloc__(self):
+        PyMem_Free(self._hkeys)
+
+    def set_lb(self, str policy, str hash_header=None, bint hash_source_ip=False):
+        if policy not in LB_POLICIES:
+            raise ValueError(f"unknown lb_policy {policy!r}")
+        self.lb = LB_POLICIES[policy]
+        self.hash_header = hash_header.lower().encode("latin-1") if hash_header else None
+        self.hash_source_ip = hash_source_ip
+        self._rebuild_lb()
+
+    def set_circuit_breakers(self, int max_connections, int max_pending_requests,
+                             int max_requests, int max_retries):
+        self.max_connections = max_connections
+        self.max_pending_requests = max_pending_requests
+        self.max_requests = max_requests
+        self.max_retries = max_retries
+
+    def set_outlier_detection(self, int consecutive_5xx=0, int consecutive_gateway=0,
+                              double base_ejection=30.0, double max_ejection=300.0,
+                              int max_percent=10):
+        self.od_consecutive_5xx = consecutive_5xx
+        self.od_consecutive_gateway = consecutive_gateway
+        self.od_base_ejection = base_ejection
+        self.od_max_ejection = max_ejection
+        self.od_max_percent = max_percent
+
+    def _rebuild_lb(self):
+        cdef list points = []
+        cdef Endpoint ep
+        cdef Py_ssize_t i, n
+        cdef bytes b
+        PyMem_Free(self._hkeys)
+        self._hkeys = NULL
+        self._hn = 0
+        self._hash_eps = []
+        self._maglev = []
+        if self.lb == LB_RING_HASH and self.endpoints:
+            for ep in self.endpoints:
+                for i in range(_RING_POINTS_PER_WEIGHT * ep.weight):
+                    b = f"{ep.host}:{ep.port}_{i}".encode()
+                    points.append((hash_bytes(b, len(b)), ep))
+            points.sort(key=lambda p: p[0])
+            n = len(points)
+            self._hkeys = <unsigned long long*>PyMem_Malloc(n * sizeof(unsigned long long))
+            if self._hkeys == NULL:
+                raise MemoryError()
+            for i in range(n):
+                self._hkeys[i] = points[i][0]
+            self._hash_eps = [p[1] for p in points]
+            self._hn = n
+        elif self.lb == LB_MAGLEV and self.endpoints:
+            self._maglev = _maglev_table(self.endpoints, _MAGLEV_SIZE)
 
     def set_endpoints(self, list specs):
         """specs: [(host, port, weight)]; existing Endpoint objects (and their
@@ -62,24 +153,121 @@ cdef class Cluster:
         self.endpoints = new
         self._ring = [e for e in new for _ in range(e.weight)]
         self.rr = 0
+        self._rebuild_lb()
 
-    cdef Endpoint pick(self):
+    cdef unsigned long long _rand(self) noexcept:
+        cdef unsigned long long x = self._rng
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
+        self._rng = x
+        return x
+
+    cdef Endpoint _next_rr(self):
+        # Round robin over the weighted ring, skipping unavailable endpoints;
+        # when none is available (panic) spread load over all of them.
         cdef list ring = self._ring
-        cdef Py_ssize_t n = len(ring)
+        cdef Py_ssize_t n = len(ring), k
+        cdef Endpoint ep
+        for k in range(n):
+            self.rr += 1
+            if self.rr >= n:
+                self.rr = 0
+            ep = <Endpoint>ring[self.rr]
+            if ep.available():
+                return ep
+        return <Endpoint>ring[self.rr]
+
+    cdef Endpoint pick(self, unsigned long long key):
+        cdef list ring = self._ring
+        cdef Py_ssize_t n = len(ring), lo, hi, mid, k, m
+        cdef Endpoint a, b
         if n == 0:
             return None
-        self.rr += 1
-        if self.rr >= n:
-            self.rr = 0
-        return <Endpoint>ring[self.rr]
+        if self.lb == LB_ROUND_ROBIN:
+            return self._next_rr()
+        if self.lb == LB_RANDOM:
+            a = <Endpoint>ring[self._rand() % n]
+            return a if a.available() else self._next_rr()
+        if self.lb == LB_LEAST_REQUEST:
+            # Power of two choices on in-flight requests.
+            a = <Endpoint>ring[self._rand() % n]
+            b = <Endpoint>ring[self._rand() % n]
+            if a.available() and b.available():
+                return a if a.active <= b.active else b
+            if a.available():
+                return a
+            if b.available():
+                return b
+            return self._next_rr()
+        if self.lb == LB_RING_HASH and self._hn:
+            lo, hi = 0, self._hn
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if self._hkeys[mid] < key:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            for k in range(self._hn):
+                a = <Endpoint>self._hash_eps[(lo + k) % self._hn]
+                if a.available():
+                    return a
+            return <Endpoint>self._hash_eps[lo % self._hn]
+        if self.lb == LB_MAGLEV and self._maglev:
+            m = len(self._maglev)
+            for k in range(m):
+                a = <Endpoint>self._maglev[(key + k) % m]
+                if a.available():
+                    return a
+            return <Endpoint>self._maglev[key % m]
+        return self._next_rr()
+
+    cdef int report(self, Endpoint ep, int status) except -1:
+        """Outlier detection input: an upstream status, or 0 for a connect
+        failure / reset (a gateway failure)."""
+        cdef bint gateway = status == 0 or status == 502 or status == 503 or status == 504
+        cdef int ejected = 0, limit
+        cdef double t
+        if status >= 500 or status == 0:
+            ep.consecutive_5xx += 1
+            if gateway:
+                ep.consecutive_gateway += 1
+        else:
+            ep.consecutive_5xx = 0
+            ep.consecutive_gateway = 0
+            return 0
+        if ep.ejected or not (
+                (self.od_consecutive_5xx and ep.consecutive_5xx >= self.od_consecutive_5xx) or
+                (self.od_consecutive_gateway and ep.consecutive_gateway >= self.od_consecutive_gateway)):
+            return 0
+        for e in self.endpoints:
+            if (<Endpoint>e).ejected:
+                ejected += 1
+        # At least one endpoint may always be ejected, as in Envoy.
+        limit = max(1, len(self.endpoints) * self.od_max_percent // 100)
+        if ejected >= limit:
+            return 0
+        ep.ejections += 1
+        t = min(self.od_base_ejection * ep.ejections, self.od_max_ejection)
+        ep.ejected = True
+        ep.ejected_until = monotonic() + t
+        ep.consecutive_5xx = ep.consecutive_gateway = 0
+        _log.warning("cluster %s: ejected %s:%d for %.1fs (ejection %d)",
+                     self.name, ep.host, ep.port, t, ep.ejections)
+        return 0
 
     def close_idle(self):
         for ep in self.endpoints:
             ep.close_idle()
 
     def sweep(self, double now):
+        cdef Endpoint e
         for ep in self.endpoints:
-            (<Endpoint>ep).sweep_idle(now)
+            e = <Endpoint>ep
+            e.sweep_idle(now)
+            if e.ejected and now >= e.ejected_until:
+                e.ejected = False
+                _log.info("cluster %s: %s:%d back from ejection", self.name, e.host, e.port)
 
     def stats(self):
         return {"name": self.name, "endpoints": [e.stats() for e in self.endpoints]}
@@ -93,6 +281,7 @@ cdef class Endpoint:
         self.port = port
         self.weight = weight
         self.idle = []
+        self.healthy = True
 
     cdef UpstreamConnection acquire(self):
         cdef UpstreamConnection c
@@ -126,11 +315,14 @@ cdef class Endpoint:
         except ValueError:
             pass
 
-    cdef void connect(self, UpstreamCallbacks cb):
+    cdef UpstreamConnection connect(self, UpstreamCallbacks cb):
+        """Start connecting; cb hears of this connection (returned, so the caller
+        can tell it from a stale one) through on_upstream_ready / _connect_failed."""
         cdef UpstreamConnection c = _new_upstream(self)
         self.connects += 1
         self.active += 1
         asyncio.get_running_loop().create_task(_connect(self, c, cb))
+        return c
 
     cdef int sweep_idle(self, double now) except -1:
         cdef UpstreamConnection c
@@ -146,6 +338,7 @@ cdef class Endpoint:
         in-memory harness in bench/micro; real connections come from connect)."""
         cdef UpstreamConnection c = _new_upstream(self)
         c.connection_made(transport)
+        self.open_connections += 1
         self.active += 1
         self.release(c)
         return c
@@ -157,6 +350,8 @@ cdef class Endpoint:
 
     def stats(self):
         return {"address": f"{self.host}:{self.port}", "weight": self.weight,
+                "healthy": self.healthy, "ejected": self.ejected, "ejections": self.ejections,
+                "open_connections": self.open_connections,
                 "idle": len(self.idle), "active": self.active, "connects": self.connects,
                 "connect_failures": self.connect_failures, "reuses": self.reuses}
 
@@ -170,16 +365,17 @@ async def _connect(Endpoint ep, UpstreamConnection c, UpstreamCallbacks cb):
     except asyncio.TimeoutError:
         ep.connect_failures += 1
         ep.active -= 1
-        cb.on_upstream_connect_failed(UpstreamUnavailable(
+        cb.on_upstream_connect_failed(c, UpstreamUnavailable(
             f"connect to {ep.host}:{ep.port} timed out", reason="upstream_connect_timeout"))
         return
     except OSError as e:
         ep.connect_failures += 1
         ep.active -= 1
-        cb.on_upstream_connect_failed(UpstreamUnavailable(
+        cb.on_upstream_connect_failed(c, UpstreamUnavailable(
             f"connect to {ep.host}:{ep.port} failed: {e.strerror or e}",
             reason="upstream_connect_failure"))
         return
+    ep.open_connections += 1
     cb.on_upstream_ready(c)
     c.flush_early()
 
@@ -336,6 +532,7 @@ cdef class UpstreamConnection(Connection):
     cdef int on_connection_lost(self, object exc) except -1:
         cdef UpstreamCallbacks cb = self.cb
         self.endpoint.forget(self)
+        self.endpoint.open_connections -= 1
         if cb is not None:
             self.cb = None
             self.endpoint.active -= 1
@@ -360,6 +557,33 @@ cdef class UpstreamConnection(Connection):
 
     def get_status(self):
         return self.parser.p.status_code
+
+
+def _maglev_table(list endpoints, Py_ssize_t m):
+    """Maglev lookup table (Eisenbud et al., NSDI 2016): each endpoint walks its
+    own permutation of slots; weights give an endpoint that many turns per round."""
+    cdef list table = [None] * m
+    cdef list offsets = [], skips = [], nexts = []
+    cdef Py_ssize_t filled = 0, i, c
+    cdef bytes b
+    for ep in endpoints:
+        b = f"{ep.host}:{ep.port}".encode()
+        offsets.append(hash_bytes(b, len(b)) % m)
+        b = b + b"#skip"
+        skips.append(hash_bytes(b, len(b)) % (m - 1) + 1)
+        nexts.append(0)
+    while True:
+        for i in range(len(endpoints)):
+            for _ in range((<Endpoint>endpoints[i]).weight):
+                c = (offsets[i] + nexts[i] * skips[i]) % m
+                while table[c] is not None:
+                    nexts[i] += 1
+                    c = (offsets[i] + nexts[i] * skips[i]) % m
+                table[c] = endpoints[i]
+                nexts[i] += 1
+                filled += 1
+                if filled == m:
+                    return table
 
 
 class _UpstreamProtocol(UpstreamConnection, asyncio.BufferedProtocol):

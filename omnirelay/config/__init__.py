@@ -9,13 +9,18 @@ from .errors import ConfigError, ConfigIssue
 from .frozen import FrozenDict
 from .loader import load_config
 from .model import (
+    CircuitBreakers,
     Cluster,
     Config,
     Endpoint,
     FilterSpec,
+    HashKey,
     HeaderMatch,
+    HealthCheck,
     Listener,
     Metadata,
+    OutlierDetection,
+    RetryPolicy,
     Rollout,
     Route,
     RouteMatch,
@@ -25,6 +30,7 @@ from .serialize import config_to_dict
 from .units import parse_duration, parse_size
 
 __all__ = [
+    "CircuitBreakers",
     "Cluster",
     "Config",
     "ConfigError",
@@ -32,9 +38,13 @@ __all__ = [
     "Endpoint",
     "FilterSpec",
     "FrozenDict",
+    "HashKey",
     "HeaderMatch",
+    "HealthCheck",
     "Listener",
     "Metadata",
+    "OutlierDetection",
+    "RetryPolicy",
     "Rollout",
     "Route",
     "RouteMatch",

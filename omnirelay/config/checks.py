@@ -7,6 +7,7 @@ Each check takes a raw document value and returns the normalized value, or raise
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Collection
 from datetime import datetime
@@ -68,6 +69,40 @@ def integer(low: int, high: int | None = None) -> Check[int]:
         return value
 
     return check
+
+
+def boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected boolean, got {type_name(value)}")
+    return value
+
+
+def number(low: float, high: float) -> Check[float]:
+    """A finite int or float within [low, high], normalized to float."""
+
+    def check(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"expected number, got {type_name(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"must be finite, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}, got {value!r}")
+        return float(value)
+
+    return check
+
+
+def status_code(value: object) -> int:
+    """An HTTP status code, 100-599."""
+    return integer(100, 599)(value)
+
+
+def host_header(value: object) -> str:
+    """A Host header value to send: non-empty printable ASCII without spaces, kept as written."""
+    text = nonempty_string(value)
+    if any(not "!" <= c <= "~" for c in text):
+        raise ValueError(f"invalid host {text!r}: use printable ASCII without spaces")
+    return text
 
 
 def duration(*, positive: bool = False) -> Check[float]:

@@ -21,6 +21,45 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class HashKey:
+    """What ring_hash / maglev hash on. Exactly one of `header` / `source_ip` is set."""
+
+    header: str | None = None  # lowercased RFC 9110 token
+    source_ip: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active HTTP health checking of every endpoint of a cluster."""
+
+    path: str = "/healthz"
+    interval: float = 5.0
+    timeout: float = 1.0  # < interval
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    expected_statuses: tuple[int, ...] = (200,)
+    host: str | None = None  # None = "address:port" of the endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakers:
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int = 5
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0  # >= base_ejection_time
+    max_ejection_percent: int = 10
+    interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...]
@@ -29,6 +68,10 @@ class Cluster:
     idle_timeout: float = 60.0  # 0 disables
     max_idle_per_endpoint: int = 64
     buffer_limit: int = 1048576
+    hash_key: HashKey | None = None  # set exactly when lb_policy is ring_hash or maglev
+    health_check: HealthCheck | None = None
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
+    outlier_detection: OutlierDetection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +97,17 @@ class FilterSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    retry_on: tuple[str, ...] = ("connect-failure",)
+    num_retries: int = 1
+    retriable_status_codes: tuple[int, ...] = ()
+    base_interval: float = 0.025
+    max_interval: float = 0.25  # >= base_interval
+    budget_percent: float = 20.0
+    min_retry_concurrency: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     match: RouteMatch
@@ -62,6 +116,7 @@ class Route:
     per_try_timeout: float | None = None
     max_request_body: int | None = None
     filters: tuple[FilterSpec, ...] = ()
+    retry_policy: RetryPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,13 +18,18 @@ from . import checks
 from .errors import ConfigIssue, field_path, item_path
 from .frozen import FrozenDict
 from .model import (
+    CircuitBreakers,
     Cluster,
     Config,
     Endpoint,
     FilterSpec,
+    HashKey,
     HeaderMatch,
+    HealthCheck,
     Listener,
     Metadata,
+    OutlierDetection,
+    RetryPolicy,
     Rollout,
     Route,
     RouteMatch,
@@ -38,7 +43,9 @@ _BAD: Any = object()  # value failed a check; its issue is already recorded
 
 _MATCH_FIELDS = ("hosts", "path", "headers")
 _PATH_FIELDS = ("exact", "prefix")
-_LB_POLICIES = ("round_robin",)
+_LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
+_HASH_POLICIES = ("ring_hash", "maglev")
+_RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes")
 
 Build = Callable[[Any, str], Any]
 
@@ -61,6 +68,12 @@ def _required(cls: type) -> tuple[str, ...]:
 def _default(cls: type, name: str) -> Any:
     (f,) = (f for f in fields(cls) if f.name == name)
     return f.default_factory() if f.default is MISSING else f.default
+
+
+def _effective(values: Mapping[str, Any], cls: type, name: str) -> Any:
+    """A decoded field value, with the dataclass default standing in for an absent one."""
+    value = values[name]
+    return _default(cls, name) if value is _ABSENT else value
 
 
 def _unknown_field(key: str, allowed: Collection[str]) -> str:
@@ -312,6 +325,7 @@ class _Decoder:
                 obj, path, "max_request_body", checks.optional(checks.size())
             ),
             "filters": self.nested(obj, path, "filters", self.list_of(self.filter)),
+            "retry_policy": self.nested(obj, path, "retry_policy", self.retry_policy),
         }
         timeout = values["timeout"]
         if timeout is _ABSENT:
@@ -324,6 +338,63 @@ class _Decoder:
             )
             return _BAD
         return self.build(Route, values)
+
+    def retry_policy(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, RetryPolicy)
+        if obj is None:
+            return _BAD
+        retry_on = self.list_of(
+            self.checked(checks.one_of(_RETRY_ON)),
+            nonempty="at least one retry condition is required",
+        )
+        values = {
+            "retry_on": self.nested(obj, path, "retry_on", retry_on),
+            "num_retries": self.field(obj, path, "num_retries", checks.integer(0, 10)),
+            "retriable_status_codes": self.nested(
+                obj,
+                path,
+                "retriable_status_codes",
+                self.list_of(self.checked(checks.status_code)),
+            ),
+            "base_interval": self.field(obj, path, "base_interval", checks.duration(positive=True)),
+            "max_interval": self.field(obj, path, "max_interval", checks.duration(positive=True)),
+            "budget_percent": self.field(obj, path, "budget_percent", checks.number(0, 100)),
+            "min_retry_concurrency": self.field(
+                obj, path, "min_retry_concurrency", checks.integer(0)
+            ),
+        }
+        ok = True
+        retry_on_value = _effective(values, RetryPolicy, "retry_on")
+        codes = _effective(values, RetryPolicy, "retriable_status_codes")
+        if (
+            retry_on_value is not _BAD
+            and codes is not _BAD
+            and "retriable-status-codes" in retry_on_value
+            and not codes
+        ):
+            self.report(
+                field_path(path, "retriable_status_codes"),
+                "must not be empty when retry_on includes 'retriable-status-codes'",
+            )
+            ok = False
+        ok &= self.ordered(values, path, RetryPolicy, "base_interval", "max_interval")
+        return self.build(RetryPolicy, values) if ok else _BAD
+
+    def ordered(
+        self, values: Mapping[str, Any], path: str, cls: type, low_key: str, high_key: str
+    ) -> bool:
+        """Check duration field `low_key` <= `high_key`; the issue goes on `high_key`."""
+        low = _effective(values, cls, low_key)
+        high = _effective(values, cls, high_key)
+        if low is _BAD or high is _BAD or low <= high:
+            return True
+        self.report(
+            field_path(path, high_key),
+            f"{format_duration(high)} is less than {low_key} {format_duration(low)}",
+        )
+        return False
 
     def route_match(self, value: object, path: str) -> Any:
         obj = self.mapping(value, path, _MATCH_FIELDS)
@@ -399,12 +470,122 @@ class _Decoder:
                 obj, path, "max_idle_per_endpoint", checks.integer(0)
             ),
             "buffer_limit": self.field(obj, path, "buffer_limit", checks.size(1)),
+            "hash_key": self.nested(obj, path, "hash_key", self.hash_key),
+            "health_check": self.nested(obj, path, "health_check", self.health_check),
+            "circuit_breakers": self.nested(obj, path, "circuit_breakers", self.circuit_breakers),
+            "outlier_detection": self.nested(
+                obj, path, "outlier_detection", self.outlier_detection
+            ),
         }
+        ok = True
         if values["endpoints"] not in (_ABSENT, _BAD) and not self.distinct_endpoints(
             values["endpoints"], field_path(path, "endpoints")
         ):
+            ok = False
+        policy = _effective(values, Cluster, "lb_policy")
+        hash_key = _effective(values, Cluster, "hash_key")
+        if policy is not _BAD and hash_key is not _BAD:
+            if policy in _HASH_POLICIES and hash_key is None:
+                self.report(field_path(path, "hash_key"), f"required when lb_policy is {policy!r}")
+                ok = False
+            elif policy not in _HASH_POLICIES and hash_key is not None:
+                self.report(
+                    field_path(path, "hash_key"),
+                    f"only allowed when lb_policy is 'ring_hash' or 'maglev' "
+                    f"(lb_policy is {policy!r})",
+                )
+                ok = False
+        return self.build(Cluster, values) if ok else _BAD
+
+    def hash_key(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, HashKey)
+        if obj is None:
             return _BAD
-        return self.build(Cluster, values)
+        values = {
+            "header": self.field(obj, path, "header", checks.optional(checks.header_name)),
+            "source_ip": self.field(obj, path, "source_ip", checks.boolean),
+        }
+        header = _effective(values, HashKey, "header")
+        source_ip = _effective(values, HashKey, "source_ip")
+        if header is _BAD or source_ip is _BAD:
+            return _BAD
+        if (header is None) == (not source_ip):
+            self.report(path, "exactly one of 'header' or 'source_ip: true' is required")
+            return _BAD
+        return self.build(HashKey, values)
+
+    def health_check(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, HealthCheck)
+        if obj is None:
+            return _BAD
+        statuses = self.list_of(
+            self.checked(checks.status_code), nonempty="at least one status is required"
+        )
+        values = {
+            "path": self.field(obj, path, "path", checks.http_path),
+            "interval": self.field(obj, path, "interval", checks.duration(positive=True)),
+            "timeout": self.field(obj, path, "timeout", checks.duration(positive=True)),
+            "healthy_threshold": self.field(obj, path, "healthy_threshold", checks.integer(1)),
+            "unhealthy_threshold": self.field(obj, path, "unhealthy_threshold", checks.integer(1)),
+            "expected_statuses": self.nested(obj, path, "expected_statuses", statuses),
+            "host": self.field(obj, path, "host", checks.optional(checks.host_header)),
+        }
+        interval = _effective(values, HealthCheck, "interval")
+        timeout = _effective(values, HealthCheck, "timeout")
+        if interval is not _BAD and timeout is not _BAD and timeout >= interval:
+            self.report(
+                field_path(path, "timeout"),
+                f"{format_duration(timeout)} must be less than the interval "
+                f"{format_duration(interval)}",
+            )
+            return _BAD
+        return self.build(HealthCheck, values)
+
+    def circuit_breakers(self, value: object, path: str) -> Any:
+        obj = self.shape(value, path, CircuitBreakers)
+        if obj is None:
+            return _BAD
+        return self.build(
+            CircuitBreakers,
+            {
+                key: self.field(obj, path, key, checks.integer(1))
+                for key in (
+                    "max_connections",
+                    "max_pending_requests",
+                    "max_requests",
+                    "max_retries",
+                )
+            },
+        )
+
+    def outlier_detection(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, OutlierDetection)
+        if obj is None:
+            return _BAD
+        positive = checks.duration(positive=True)
+        values = {
+            "consecutive_5xx": self.field(obj, path, "consecutive_5xx", checks.integer(1)),
+            "consecutive_gateway_failure": self.field(
+                obj, path, "consecutive_gateway_failure", checks.integer(1)
+            ),
+            "base_ejection_time": self.field(obj, path, "base_ejection_time", positive),
+            "max_ejection_time": self.field(obj, path, "max_ejection_time", positive),
+            "max_ejection_percent": self.field(
+                obj, path, "max_ejection_percent", checks.integer(0, 100)
+            ),
+            "interval": self.field(obj, path, "interval", positive),
+        }
+        if not self.ordered(
+            values, path, OutlierDetection, "base_ejection_time", "max_ejection_time"
+        ):
+            return _BAD
+        return self.build(OutlierDetection, values)
 
     def distinct_endpoints(self, endpoints: tuple[Endpoint, ...], path: str) -> bool:
         # A repeated address:port is almost always a copy-paste slip; `weight` covers the rest.

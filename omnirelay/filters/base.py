@@ -57,7 +57,10 @@ class FilterFactory:
     name: ClassVar[str] = ""
     filter_class: ClassVar[type[HttpFilter]] = HttpFilter
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, binding: str = ""):
+        # binding: where the filter sits in the config ("spec.routes[0].filters[1]"),
+        # for factories that keep state across reloads (e.g. rate-limit buckets).
+        self.binding = binding
         self.config = self.parse_config(config)
 
     def parse_config(self, config: Any) -> Any:

@@ -8,7 +8,8 @@ from omnirelay.config import FilterSpec
 from omnirelay.filters.base import FilterFactory
 
 _REGISTRY: dict[str, type[FilterFactory]] = {}
-_BUILTIN_MODULES = ("omnirelay.filters.http.headers", "omnirelay.filters.http.python")
+_BUILTIN_MODULES = ("omnirelay.filters.http.headers", "omnirelay.filters.http.python",
+                    "omnirelay.filters.http.fault", "omnirelay.filters.http.local_ratelimit")
 
 
 class FilterConfigError(ValueError):
@@ -43,7 +44,8 @@ def build_factory(spec: FilterSpec, path: str) -> FilterFactory:
         raise FilterConfigError(
             f"{path}.name: unknown filter {spec.name!r} (known: {', '.join(sorted(_REGISTRY))})")
     try:
-        return cls(spec.config.to_dict() if hasattr(spec.config, "to_dict") else dict(spec.config))
+        return cls(spec.config.to_dict() if hasattr(spec.config, "to_dict") else dict(spec.config),
+                   binding=path)
     except (TypeError, ValueError, KeyError) as e:
         raise FilterConfigError(f"{path}.config: {e}") from e
 

@@ -43,6 +43,18 @@ class TableBuilder:
             core.max_idle = c.max_idle_per_endpoint
             core.buffer_limit = c.buffer_limit
             core.set_endpoints([(e.address, e.port, e.weight) for e in c.endpoints])
+            hk = c.hash_key
+            core.set_lb(c.lb_policy, hk.header if hk else None, bool(hk and hk.source_ip))
+            cb = c.circuit_breakers
+            core.set_circuit_breakers(cb.max_connections, cb.max_pending_requests,
+                                      cb.max_requests, cb.max_retries)
+            od = c.outlier_detection
+            if od is None:
+                core.set_outlier_detection()
+            else:
+                core.set_outlier_detection(od.consecutive_5xx, od.consecutive_gateway_failure,
+                                           od.base_ejection_time, od.max_ejection_time,
+                                           od.max_ejection_percent)
             clusters[c.name] = core
         for name, old in self.clusters.items():
             if name not in clusters:
@@ -63,7 +75,8 @@ class TableBuilder:
                     hosts=m.hosts,
                     path=(m.path_exact if m.path_exact is not None else m.path_prefix).encode(),
                     path_exact=m.path_exact is not None,
-                    headers=[(h.name, h.equals) for h in m.headers]))
+                    headers=[(h.name, h.equals) for h in m.headers],
+                    **_retry_args(r.retry_policy)))
             listeners[lst.name] = ListenerState(
                 lst.name, RouteTable(entries), via=lst.via,
                 xff_trusted_hops=lst.xff_trusted_hops, max_header_bytes=lst.max_header_bytes,
@@ -75,3 +88,13 @@ class TableBuilder:
     def sweep(self, now: float) -> None:
         for c in self.clusters.values():
             c.sweep(now)
+
+
+def _retry_args(rp) -> dict:
+    if rp is None:
+        return {}
+    return {"retry_on": rp.retry_on, "num_retries": rp.num_retries,
+            "retriable_status_codes": rp.retriable_status_codes,
+            "retry_base_interval": rp.base_interval, "retry_max_interval": rp.max_interval,
+            "retry_budget_percent": rp.budget_percent,
+            "retry_min_concurrency": rp.min_retry_concurrency}

@@ -11,14 +11,18 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from omnirelay.config import (
+    CircuitBreakers,
     Cluster,
     Config,
     Endpoint,
     FilterSpec,
     FrozenDict,
+    HashKey,
     HeaderMatch,
     Listener,
     Metadata,
+    OutlierDetection,
+    RetryPolicy,
     Rollout,
     Route,
     RouteMatch,
@@ -27,6 +31,7 @@ from omnirelay.config import (
     config_to_dict,
     load_config,
 )
+from omnirelay.config import HealthCheck as HealthCheckConfig
 
 # -- leaf values ---------------------------------------------------------------------------------
 
@@ -108,9 +113,75 @@ endpoints = st.builds(
 )
 
 
+statuses = st.integers(100, 599)
+hash_keys = st.builds(HashKey, header=header_names) | st.just(HashKey(source_ip=True))
+circuit_breakers = st.builds(
+    CircuitBreakers,
+    max_connections=st.integers(1, 2**20),
+    max_pending_requests=st.integers(1, 2**20),
+    max_requests=st.integers(1, 2**20),
+    max_retries=st.integers(1, 100),
+)
+
+
+@st.composite
+def health_checks(draw: st.DrawFn) -> HealthCheckConfig:
+    pair = st.tuples(positive_seconds, positive_seconds).filter(lambda p: p[0] != p[1])
+    timeout, interval = sorted(draw(pair))
+    return HealthCheckConfig(
+        path=draw(paths),
+        interval=interval,
+        timeout=timeout,
+        healthy_threshold=draw(st.integers(1, 10)),
+        unhealthy_threshold=draw(st.integers(1, 10)),
+        expected_statuses=tuple(draw(st.lists(statuses, min_size=1, max_size=3))),
+        host=draw(st.none() | dns_names),
+    )
+
+
+@st.composite
+def outlier_detections(draw: st.DrawFn) -> OutlierDetection:
+    base, top = sorted(draw(st.lists(positive_seconds, min_size=2, max_size=2)))
+    return OutlierDetection(
+        consecutive_5xx=draw(st.integers(1, 100)),
+        consecutive_gateway_failure=draw(st.integers(1, 100)),
+        base_ejection_time=base,
+        max_ejection_time=top,
+        max_ejection_percent=draw(st.integers(0, 100)),
+        interval=draw(positive_seconds),
+    )
+
+
+_RETRY_ON = ["5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes"]
+
+
+@st.composite
+def retry_policies(draw: st.DrawFn) -> RetryPolicy:
+    retry_on = tuple(draw(st.lists(st.sampled_from(_RETRY_ON), min_size=1, max_size=3)))
+    codes = draw(st.lists(statuses, min_size=int("retriable-status-codes" in retry_on), max_size=3))
+    base, top = sorted(draw(st.lists(positive_seconds, min_size=2, max_size=2)))
+    return RetryPolicy(
+        retry_on=retry_on,
+        num_retries=draw(st.integers(0, 10)),
+        retriable_status_codes=tuple(codes),
+        base_interval=base,
+        max_interval=top,
+        budget_percent=draw(st.floats(0, 100) | st.integers(0, 100).map(float)),
+        min_retry_concurrency=draw(st.integers(0, 1000)),
+    )
+
+
 @st.composite
 def clusters(draw: st.DrawFn, name: str) -> Cluster:
+    lb_policy = draw(
+        st.sampled_from(["round_robin", "least_request", "random", "ring_hash", "maglev"])
+    )
     return Cluster(
+        lb_policy=lb_policy,
+        hash_key=draw(hash_keys) if lb_policy in ("ring_hash", "maglev") else None,
+        health_check=draw(st.none() | health_checks()),
+        circuit_breakers=draw(circuit_breakers),
+        outlier_detection=draw(st.none() | outlier_detections()),
         name=name,
         endpoints=tuple(
             draw(
@@ -157,6 +228,7 @@ def routes(draw: st.DrawFn, name: str, cluster_names: list[str]) -> Route:
         per_try_timeout=per_try,
         max_request_body=draw(st.none() | sizes),
         filters=draw(filters),
+        retry_policy=draw(st.none() | retry_policies()),
     )
 
 
@@ -249,6 +321,10 @@ SHAPES = {
     "several listeners": lambda c: len(c.spec.listeners) > 1,
     "rollout waves": lambda c: c.rollout is not None and bool(c.rollout.waves),
     "several endpoints": lambda c: any(len(cl.endpoints) > 1 for cl in c.spec.clusters),
+    "hash key": lambda c: any(cl.hash_key is not None for cl in c.spec.clusters),
+    "health check": lambda c: any(cl.health_check is not None for cl in c.spec.clusters),
+    "outlier detection": lambda c: any(cl.outlier_detection for cl in c.spec.clusters),
+    "retry policy": lambda c: any(r.retry_policy is not None for r in c.spec.routes),
 }
 
 

@@ -391,8 +391,13 @@ FIELD_RULES = [
         ["spec.clusters[0].endpoints: missing required field"],
     ),
     (
-        lambda d: _cluster(d).__setitem__("lb_policy", "least_request"),
-        ["spec.clusters[0].lb_policy: unsupported value 'least_request' (allowed: round_robin)"],
+        lambda d: _cluster(d).__setitem__("lb_policy", "least_conn"),
+        [
+            (
+                "spec.clusters[0].lb_policy: unsupported value 'least_conn' (allowed: "
+                "round_robin, least_request, random, ring_hash, maglev)"
+            )
+        ],
     ),
     (
         lambda d: _cluster(d).__setitem__("connect_timeout", 0),

@@ -14,7 +14,8 @@ from omnirelay.filters.registry import register
 class PythonFilterFactory(FilterFactory):
     """Wraps the user's factory so its hooks are the ones the core sees."""
 
-    def __init__(self, config):
+    def __init__(self, config, binding: str = ""):
+        self.binding = binding
         config = dict(config or {})
         target = config.pop("factory", None)
         inner_cfg = config.pop("config", {})
