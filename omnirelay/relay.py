@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from omnirelay._core import ListenerRuntime, pool_stats
+from omnirelay.clusters import HealthCheckers
 from omnirelay.config import Config, load_config
 from omnirelay.runtime.build import TableBuilder
 
@@ -34,6 +35,7 @@ class Relay:
                  reuse_port: bool = False, ports: dict[str, int] | None = None):
         self._builder = TableBuilder()
         self._built = self._builder.build(_as_config(config))
+        self._health = HealthCheckers()
         self._reuse_port = reuse_port
         self._ports = dict(ports or {})
         self._listeners: dict[str, ListenerRuntime] = {}
@@ -53,6 +55,7 @@ class Relay:
             raise RuntimeError("Relay already started")
         self._started = True
         try:
+            self._health.sync(self.config, self._builder.clusters)
             for lst in self.config.spec.listeners:
                 await self._start_listener(lst, self._built.listeners[lst.name])
         except BaseException:
@@ -71,6 +74,7 @@ class Relay:
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish up to the deadline, then close."""
+        await self._health.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -117,6 +121,8 @@ class Relay:
             elif self._started:
                 await self._start_listener(lst, built.listeners[lst.name])
         self._built = built
+        if self._started:
+            self._health.sync(cfg, self._builder.clusters)
         self.config_version = cfg.metadata.version
         if gone:
             asyncio.get_running_loop().create_task(self._drain(gone, 30.0))
@@ -151,4 +157,5 @@ class Relay:
                           for n, r in self._listeners.items()},
             "clusters": {n: c.stats() for n, c in self._builder.clusters.items()},
             "buffers": pool_stats(),
+            "health": self._health.status(),
         }

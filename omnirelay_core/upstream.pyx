@@ -176,6 +176,10 @@ cdef class Cluster:
             ep = <Endpoint>ring[self.rr]
             if ep.available():
                 return ep
+        # n steps brought rr back where it began: one more keeps panic mode rotating.
+        self.rr += 1
+        if self.rr >= n:
+            self.rr = 0
         return <Endpoint>ring[self.rr]
 
     cdef Endpoint pick(self, unsigned long long key):
