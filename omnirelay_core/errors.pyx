@@ -63,12 +63,6 @@ class UpstreamProtocolError(ProxyError):
     reason = "upstream_protocol_error"
 
 
-cdef int status_for_parse_error(int hpe) noexcept:
-    # Every malformed-request shape (smuggling included) is a 400 and a close;
-    # only size limits have their own codes and those are raised by our callbacks.
-    return 400
-
-
 _REASONS = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created",
     202: "Accepted", 204: "No Content", 206: "Partial Content",

@@ -144,6 +144,8 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef int _start_timer(self) except -1
     cdef int _overflow(self, str what) except -1
     cdef int _record(self, object data) except -1
+    cdef int _queue(self, object data) except -1
+    cdef int _flush_pending(self) except -1
     cdef bint _should_retry(self, int cond, int status)
     cdef int _retry(self) except -1
     cdef int _attempt_failed(self, object exc, int cond) except -1

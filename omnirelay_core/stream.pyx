@@ -22,7 +22,6 @@ from omnirelay_core.includes.llhttp cimport F_CONTENT_LENGTH, F_CHUNKED
 
 from omnirelay_core.errors import (ProxyError, BadRequest, NoRoute, BodyTooLarge, UpstreamTimeout,
                                    UpstreamUnavailable, UpstreamProtocolError)
-from omnirelay_core.errors cimport reason_phrase
 from omnirelay_core.filterchain import LocalReply
 
 import logging
@@ -491,12 +490,7 @@ cdef class HttpStream(UpstreamCallbacks):
         else:
             self._send_upstream_head()
         if self.pending is not None:
-            pending = self.pending
-            self.pending = None
-            self.pending_bytes = 0
-            for item in pending:
-                self._send_upstream_data(item)
-            self.codec.read_disable(self, False)
+            self._flush_pending()
         if self.req_end and not self.is_connect and not self.is_upgrade:
             self._send_upstream_end()
         return 0
@@ -586,13 +580,25 @@ cdef class HttpStream(UpstreamCallbacks):
         self._record(data)
         if self.upstream is not None and (self.upstream_sent_head or self.tunnel):
             return self._send_upstream_data(data)
+        return self._queue(data)
+
+    cdef int _queue(self, object data) except -1:
+        # Request bytes waiting for the upstream; past the buffer limit, stop reading.
         if self.pending is None:
             self.pending = []
         self.pending.append(data)
-        self.pending_bytes += n
+        self.pending_bytes += len(data)
         if self.pending_bytes > self.listener.buffer_limit:
             self.codec.read_disable(self, True)
         return 0
+
+    cdef int _flush_pending(self) except -1:
+        pending = self.pending
+        self.pending = None
+        self.pending_bytes = 0
+        for item in pending:
+            self._send_upstream_data(item)
+        return self.codec.read_disable(self, False)
 
     cdef int on_request_end(self) except -1:
         if self.done:
@@ -602,12 +608,11 @@ cdef class HttpStream(UpstreamCallbacks):
             data = self.fstate.run_body(REQUEST_BODY, self, b"", True)
             if isinstance(data, LocalReply):
                 return self.send_local_reply(data.status, data.body, data.reason, data.headers)
+            self._record(data)
             if self.upstream is not None and self.upstream_sent_head:
                 self._send_upstream_data(data)
             else:
-                if self.pending is None:
-                    self.pending = []
-                self.pending.append(data)
+                self._queue(data)
         if self.upstream is not None and self.upstream_sent_head and not self.is_upgrade:
             self._send_upstream_end()
         if self.resp_end:
@@ -618,14 +623,8 @@ cdef class HttpStream(UpstreamCallbacks):
         data = PyBytes_FromStringAndSize(p, n)
         if self.upstream is not None and self.tunnel:
             self.upstream.write(data)
-        else:
-            if self.pending is None:
-                self.pending = []
-            self.pending.append(data)
-            self.pending_bytes += n
-            if self.pending_bytes > self.listener.buffer_limit:
-                self.codec.read_disable(self, True)
-        return 0
+            return 0
+        return self._queue(data)
 
     cdef int on_request_tunnel_eof(self) except -1:
         if self.upstream is not None and self.tunnel:
@@ -695,12 +694,7 @@ cdef class HttpStream(UpstreamCallbacks):
             self.tunnel = True
             self.codec.start_tunnel(self)
             if self.pending is not None:
-                pending = self.pending
-                self.pending = None
-                self.pending_bytes = 0
-                for item in pending:
-                    self.upstream.write(item)
-                self.codec.read_disable(self, False)
+                self._flush_pending()
         elif self.resp_no_body:
             self.resp_end = True
         return 0
