@@ -16,9 +16,10 @@ from omnirelay_core.errors import (
 )
 from omnirelay_core.filterchain import HOOK_METHODS, FilterChain, LocalReply
 from omnirelay_core.headers import HeaderMap
-from omnirelay_core.router import RouteEntry, RouteTable
+from omnirelay_core.router import HeaderEdits, RouteEntry, RouteTable
 from omnirelay_core.server import ListenerRuntime
-from omnirelay_core.stream import HttpStream, ListenerState, Stats
+from omnirelay_core.stats import Stats
+from omnirelay_core.stream import HttpStream, ListenerState
 from omnirelay_core.upstream import Cluster, Endpoint
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Cluster",
     "Endpoint",
     "FilterChain",
+    "HeaderEdits",
     "HeaderMap",
     "HeadersTooLarge",
     "HttpStream",

@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Self
 
 from omnirelay._core import ListenerRuntime, pool_stats
 from omnirelay.clusters import HealthCheckers
-from omnirelay.config import Config, load_config
+from omnirelay.config import Config, Endpoint, load_config
+from omnirelay.config.endpoints import decode_endpoints
+from omnirelay.discovery import Feeds
 from omnirelay.runtime.build import TableBuilder
 
 log = logging.getLogger("omnirelay")
@@ -36,6 +40,7 @@ class Relay:
         self._builder = TableBuilder()
         self._built = self._builder.build(_as_config(config))
         self._health = HealthCheckers()
+        self._feeds = Feeds(on_update=self._endpoints_changed)
         self._reuse_port = reuse_port
         self._ports = dict(ports or {})
         self._listeners: dict[str, ListenerRuntime] = {}
@@ -55,6 +60,7 @@ class Relay:
             raise RuntimeError("Relay already started")
         self._started = True
         try:
+            self._feeds.sync(self.config, self._builder)
             self._health.sync(self.config, self._builder.clusters)
             for lst in self.config.spec.listeners:
                 await self._start_listener(lst, self._built.listeners[lst.name])
@@ -74,6 +80,7 @@ class Relay:
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish up to the deadline, then close."""
+        await self._feeds.close()
         await self._health.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -108,6 +115,10 @@ class Relay:
         serving the current config if the new one is invalid."""
         cfg = _as_config(config)
         built = self._builder.build(cfg)
+        if self._started:
+            # Before any await: a feed the new config drops or changes must not write to the
+            # rebuilt clusters in between.
+            self._feeds.sync(cfg, self._builder)
         new_names = {lst.name for lst in cfg.spec.listeners}
         gone = []
         for name, runtime in list(self._listeners.items()):
@@ -127,6 +138,33 @@ class Relay:
         if gone:
             asyncio.get_running_loop().create_task(self._drain(gone, 30.0))
         log.info("config %s active (%d listeners)", self.config_version, len(new_names))
+
+    # ---- endpoint discovery ----
+    def set_endpoints(self, cluster: str,
+                      endpoints: Iterable[Endpoint | Mapping[str, Any]]) -> None:
+        """Replace the endpoints of `cluster`, which must have `discovery: {type: api}`.
+
+        `endpoints` are `Endpoint`s or mappings in the config's endpoint shape, checked like
+        `spec.clusters[i].endpoints` (an empty list is allowed). Raises KeyError for an
+        unknown cluster, ValueError for a cluster without API discovery, ConfigError (every
+        issue, at `endpoints[i].field`) for invalid endpoints; nothing changes then.
+        Endpoints that stay keep their pooled connections and health. Call it on the loop's
+        thread; the list survives reloads while the cluster keeps API discovery.
+        """
+        spec = self.config.cluster(cluster).discovery
+        if spec is None or spec.type != "api":
+            how = "static endpoints" if spec is None else f"{spec.type} discovery"
+            raise ValueError(
+                f"cluster {cluster!r} has {how}; set_endpoints needs discovery type 'api'")
+        checked = decode_endpoints(_endpoint_documents(endpoints), "endpoints")
+        self._feeds.push(self._builder, cluster, spec, checked)
+
+    def _endpoints_changed(self, cluster: str) -> None:
+        # Health checking follows the cluster's new endpoints (the core objects of those
+        # that stay are kept, with their health).
+        if cluster in self._health:
+            checker = self._health[cluster]
+            checker.update(self._builder.clusters[cluster], checker.config)
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -158,4 +196,16 @@ class Relay:
             "clusters": {n: c.stats() for n, c in self._builder.clusters.items()},
             "buffers": pool_stats(),
             "health": self._health.status(),
+            "discovery": self._feeds.status(),
         }
+
+
+def _endpoint_documents(endpoints: object) -> object:
+    """`endpoints` as the decoder sees a document: Endpoint objects become mappings (unset
+    optional fields left out); anything that is not a list of entries is passed on for the
+    decoder to reject with its usual message."""
+    if isinstance(endpoints, (str, bytes, bytearray, Mapping)) or not isinstance(
+            endpoints, Iterable):
+        return endpoints
+    return [{k: v for k, v in asdict(e).items() if v is not None}
+            if isinstance(e, Endpoint) else e for e in endpoints]

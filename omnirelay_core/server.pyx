@@ -9,7 +9,8 @@ from omnirelay_core.connection cimport Connection, monotonic
 from omnirelay_core.http1 cimport Http1Parser, method_bytes
 from omnirelay_core.headers cimport HeaderMap
 from omnirelay_core.buffers cimport ByteBuilder
-from omnirelay_core.stream cimport (HttpStream, DownstreamCodec, ListenerState, Stats,
+from omnirelay_core.stats cimport Stats
+from omnirelay_core.stream cimport (HttpStream, DownstreamCodec, ListenerState,
                                     _new_stream)
 from omnirelay_core.errors cimport reason_phrase
 

@@ -3,27 +3,10 @@ from omnirelay_core.buffers cimport ByteBuilder
 from omnirelay_core.upstream cimport UpstreamCallbacks, UpstreamConnection, Endpoint
 from omnirelay_core.router cimport RouteEntry, RouteTable
 from omnirelay_core.filterchain cimport FilterState
+from omnirelay_core.stats cimport Stats
+from omnirelay_core.upstream cimport Cluster
 
 
-cdef class Stats:
-    cdef public long long downstream_cx_total
-    cdef public long long downstream_cx_active
-    cdef public long long downstream_rq_total
-    cdef public long long downstream_rq_active
-    cdef public long long downstream_rq_1xx
-    cdef public long long downstream_rq_2xx
-    cdef public long long downstream_rq_3xx
-    cdef public long long downstream_rq_4xx
-    cdef public long long downstream_rq_5xx
-    cdef public long long downstream_rq_local_reply
-    cdef public long long downstream_rq_protocol_error
-    cdef public long long upstream_rq_total
-    cdef public long long upstream_rq_timeout
-    cdef public long long upstream_rq_per_try_timeout
-    cdef public long long upstream_rq_retry
-    cdef public long long upstream_rq_reset
-    cdef public long long upstream_cx_connect_fail
-    cdef public long long upstream_cx_reused
 
 
 cdef class ListenerState:
@@ -75,6 +58,8 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef bytes peer_bytes
     cdef public bytes request_id
     cdef readonly RouteEntry route
+    cdef readonly Cluster cluster   # the route's, or the one weighted splitting chose
+    cdef list shadows
     cdef UpstreamConnection upstream
     cdef FilterState fstate
     cdef list pending
@@ -153,3 +138,6 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef int _abandon_connect(self) except -1
     cdef int _filter_local_reply(self) except -1
     cdef int _add_response_via(self) except -1
+    cdef int _route_reply(self) except -1
+    cdef int _reply(self, int status, object body, str reason, list headers, bint route_reply) except -1
+    cdef int _start_shadows(self) except -1

@@ -12,8 +12,12 @@ from omnirelay_core.headers cimport HeaderMap, ascii_ieq
 from omnirelay_core.connection cimport monotonic
 from omnirelay_core.buffers cimport ByteBuilder
 from omnirelay_core.upstream cimport UpstreamCallbacks, UpstreamConnection, Endpoint, Cluster
-from omnirelay_core.router cimport (RouteEntry, RouteTable, RETRY_5XX, RETRY_GATEWAY_ERROR,
-                                    RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_STATUS_CODES)
+from omnirelay_core.router cimport (RouteEntry, RouteTable, RequestView, fill_view, RETRY_5XX,
+                                    RETRY_GATEWAY_ERROR, RETRY_CONNECT_FAILURE, RETRY_RESET,
+                                    RETRY_STATUS_CODES, ACTION_WEIGHTED, ACTION_DIRECT,
+                                    ACTION_REDIRECT)
+from omnirelay_core.shadow cimport ShadowRequest, new_shadow
+from omnirelay_core.stats cimport Stats
 from omnirelay_core.upstream cimport hash_bytes, LB_RING_HASH
 from omnirelay_core.filterchain cimport (FilterChain, FilterState, CONTINUE, STOP, LOCAL_REPLY,
                                          REQUEST_HEADERS, REQUEST_BODY, REQUEST_TRAILERS,
@@ -73,16 +77,6 @@ cdef bytes _new_request_id():
     return PyBytes_FromStringAndSize(buf, 36)
 
 
-cdef class Stats:
-    def as_dict(self):
-        return {k: getattr(self, k) for k in (
-            "downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
-            "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
-            "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
-            "downstream_rq_local_reply", "downstream_rq_protocol_error",
-            "upstream_rq_total", "upstream_rq_timeout", "upstream_rq_per_try_timeout",
-            "upstream_rq_retry", "upstream_rq_reset",
-            "upstream_cx_connect_fail", "upstream_cx_reused")}
 
 
 cdef class ListenerState:
@@ -177,8 +171,9 @@ cdef class HttpStream(UpstreamCallbacks):
     # ---- request path ----
     cdef int on_request_headers(self, bint end_stream) except -1:
         cdef const char* host = b""
-        cdef Py_ssize_t hl = 0, pl, i
+        cdef Py_ssize_t hl = 0, pl, i, ql
         cdef const char* path
+        cdef RequestView rq
         cdef RouteEntry route
         cdef int r
         self.req_end = end_stream
@@ -208,14 +203,20 @@ cdef class HttpStream(UpstreamCallbacks):
             i = self.request_headers.find(b"host", 4, 0)
             host = self.request_headers.value_at(i)
             hl = self.request_headers.entries[i].value_len
+        ql = 0
         for i in range(pl):
             if path[i] == 63:   # '?'
+                ql = pl - i - 1
                 pl = i
                 break
-        route = self.listener.routes.match(host, hl, path, pl, self.request_headers)
+        fill_view(&rq, host, hl, path, pl, path + pl + 1 if ql else path + pl, ql,
+                  PyBytes_AS_STRING(self.method), len(self.method))
+        route = self.listener.routes.match(&rq, self.request_headers)
         if route is None:
             return self.fail(NoRoute("no route matched"))
         self.route = route
+        self.cluster = (route.pick_cluster(_rand64()) if route.action == ACTION_WEIGHTED
+                        else route.cluster)
         self._start_timer()
         if route.max_request_body >= 0 and self.req_content_length > route.max_request_body:
             return self.fail(BodyTooLarge(f"request body of {self.req_content_length} bytes exceeds the route limit"))
@@ -256,15 +257,84 @@ cdef class HttpStream(UpstreamCallbacks):
         # Filters are done with the request head: go upstream.
         if self.done:
             return 0
+        if self.route.action >= ACTION_DIRECT:
+            return self._route_reply()
         self._prepare_request_headers()
+        if self.route.mirrors and not self.is_upgrade and not self.is_connect:
+            self._start_shadows()
         if self.expect_continue:
             self.codec.encode_continue(self)
         return self._start_upstream()
+
+    cdef int _route_reply(self) except -1:
+        # A direct response or redirect configured on the route.
+        cdef RouteEntry route = self.route
+        headers = list(route.reply_headers)
+        if route.action == ACTION_REDIRECT:
+            i = self.request_headers.find(b"host", 4, 0)
+            authority = (PyBytes_FromStringAndSize(self.request_headers.value_at(i),
+                                                   self.request_headers.entries[i].value_len)
+                         if i >= 0 else b"")
+            headers.append((b"location", route.location(self.listener.scheme, authority,
+                                                        self.target)))
+        return self._reply(route.reply_status, route.reply_body,
+                           "redirect" if route.action == ACTION_REDIRECT else "direct_response",
+                           headers, True)
+
+    cdef int _start_shadows(self) except -1:
+        # Mirrors get the request as it goes upstream, Host suffixed "-shadow".
+        cdef ShadowRequest sh
+        cdef HeaderMap h = self.request_headers
+        cdef ByteBuilder out = _out
+        cdef Py_ssize_t i = h.find(b"host", 4, 0)
+        cdef bytes host, head
+        cdef Py_ssize_t j
+        if i >= 0:
+            host = PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len)
+        else:
+            host = self.route.host_rewrite or b"shadow"
+        j = host.rfind(b":")
+        host = host[:j] + b"-shadow" + host[j:] if j > host.rfind(b"]") else host + b"-shadow"
+        out.append_obj(self.method)
+        out.append(b" ", 1)
+        out.append_obj(self.target)
+        out.append(b" HTTP/1.1\r\nhost: ", 17)
+        out.append_obj(host)
+        out.append(b"\r\n", 2)
+        for j in range(h.count):
+            if h.entries[j].name_len == 4 and ascii_ieq(h.name_at(j), b"host", 4):
+                continue
+            if h.entries[j].name_len >= 0:
+                out.append(h.name_at(j), h.entries[j].name_len)
+                out.append(b": ", 2)
+                out.append(h.value_at(j), h.entries[j].value_len)
+                out.append(b"\r\n", 2)
+        if self.req_chunked:
+            out.append(b"transfer-encoding: chunked\r\n", 28)
+        elif self.req_content_length >= 0:
+            out.append(b"content-length: ", 16)
+            out.append_int(self.req_content_length)
+            out.append(b"\r\n", 2)
+        out.append(b"\r\n", 2)
+        head = out.take()
+        for c, threshold in self.route.mirrors:
+            if _rand64() > <unsigned long long>threshold:
+                continue
+            sh = new_shadow(<Cluster>c, self.listener.stats, head, self.is_head,
+                            self.req_chunked, self.listener.buffer_limit)
+            if self.shadows is None:
+                self.shadows = []
+            self.shadows.append(sh)
+            sh.start(self.route.timeout, _rand64())
+            if self.req_end:
+                sh.end()
+        return 0
 
     cdef int _prepare_request_headers(self) except -1:
         cdef HeaderMap h = self.request_headers
         cdef Py_ssize_t i
         cdef bytes v
+        cdef RouteEntry route
         if self.expect_continue:
             h.remove_raw(b"expect", 6)
         _strip_hop_by_hop(h, self.is_upgrade)
@@ -288,11 +358,22 @@ cdef class HttpStream(UpstreamCallbacks):
             # Absent or unusable (empty, oversized): replace with ours.
             h.remove_raw(b"x-request-id", 12)
             h.add_raw(b"x-request-id", 12, self.request_id, len(self.request_id))
+        route = self.route
+        if route.request_edits is not None:
+            route.request_edits.apply(h)
+        if not self.is_connect:
+            self.target = route.rewrite_target(self.target)
+        if route.host_rewrite is not None:
+            h.remove_raw(b"host", 4)
+            h.add_raw(b"host", 4, route.host_rewrite, len(route.host_rewrite))
+        elif route.auto_host:
+            # _send_upstream_head writes the chosen endpoint's address per attempt.
+            h.remove_raw(b"host", 4)
         return 0
 
     cdef int _start_upstream(self) except -1:
         cdef RouteEntry route = self.route
-        cdef Cluster cluster = route.cluster
+        cdef Cluster cluster = self.cluster
         cdef Endpoint ep
         cdef UpstreamConnection c
         cdef unsigned long long key = 0
@@ -341,19 +422,22 @@ cdef class HttpStream(UpstreamCallbacks):
         self.connecting = None
         if self.pending_counted:
             self.pending_counted = False
-            self.route.cluster.rq_pending -= 1
+            self.cluster.rq_pending -= 1
         return 0
 
     cdef int _overflow(self, str what) except -1:
         # Circuit breaker open: 503 now, with the limit that tripped in the reason.
-        self.route.cluster.overflows += 1
+        self.cluster.overflows += 1
         return self.fail(UpstreamUnavailable(
-            f"cluster {self.route.cluster.name} overflow: {what}",
+            f"cluster {self.cluster.name} overflow: {what}",
             reason="upstream_overflow_" + what))
 
     cdef int _record(self, object data) except -1:
         # Keep what was sent upstream so a retry can replay it; past the buffer
-        # limit the request can no longer be retried.
+        # limit the request can no longer be retried. Mirrors get a copy too.
+        if self.shadows is not None:
+            for sh in self.shadows:
+                (<ShadowRequest>sh).feed(data)
         if self.route is None or self.route.num_retries == 0 or self.replay_lost:
             return 0
         self.replay_bytes += len(data)
@@ -386,7 +470,7 @@ cdef class HttpStream(UpstreamCallbacks):
         if not ok:
             return False
         # Retry budget: active retries stay under a share of active requests.
-        cluster = route.cluster
+        cluster = self.cluster
         if cluster.retries_active >= cluster.max_retries:
             return False
         if cluster.retries_active >= max(route.retry_min_concurrency,
@@ -409,7 +493,7 @@ cdef class HttpStream(UpstreamCallbacks):
         self.pending = list(self.replay) if self.replay is not None else None
         self.pending_bytes = self.replay_bytes if self.replay is not None else 0
         self.listener.stats.upstream_rq_retry += 1
-        route.cluster.retries_active += 1
+        self.cluster.retries_active += 1
         self.retry_counted = True
         # Exponential backoff with full jitter.
         backoff = min(route.retry_max_interval,
@@ -422,7 +506,7 @@ cdef class HttpStream(UpstreamCallbacks):
         self.retry_timer = None
         if self.retry_counted:
             self.retry_counted = False
-            self.route.cluster.retries_active -= 1
+            self.cluster.retries_active -= 1
         if not self.done:
             try:
                 self._start_upstream()
@@ -431,7 +515,7 @@ cdef class HttpStream(UpstreamCallbacks):
 
     cdef int _attempt_failed(self, object exc, int cond) except -1:
         if self.endpoint is not None:
-            self.route.cluster.report(self.endpoint, 0)
+            self.cluster.report(self.endpoint, 0)
         if self._should_retry(cond, 0):
             return self._retry()
         return self.fail(exc)
@@ -615,6 +699,9 @@ cdef class HttpStream(UpstreamCallbacks):
                 self._queue(data)
         if self.upstream is not None and self.upstream_sent_head and not self.is_upgrade:
             self._send_upstream_end()
+        if self.shadows is not None:
+            for sh in self.shadows:
+                (<ShadowRequest>sh).end()
         if self.resp_end:
             self._finish()
         return 0
@@ -647,7 +734,7 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
-        self.route.cluster.report(c.endpoint, c.parser.p.status_code)
+        self.cluster.report(c.endpoint, c.parser.p.status_code)
         if self._should_retry(0, c.parser.p.status_code):
             # Discard this response (and its connection) and try again.
             return self._retry()
@@ -669,6 +756,8 @@ cdef class HttpStream(UpstreamCallbacks):
         else:
             _strip_hop_by_hop(self.response_headers, False)
         self._add_response_via()
+        if self.route.response_edits is not None:
+            self.route.response_edits.apply(self.response_headers)
         if self.fstate is not None and self.fstate.chain.has(RESPONSE_HEADERS):
             self.resp_has_body_filters = self.fstate.chain.has(RESPONSE_BODY)
             r = self.fstate.run(RESPONSE_HEADERS, self, None, False, 0)
@@ -824,6 +913,12 @@ cdef class HttpStream(UpstreamCallbacks):
                                      getattr(exc, "reason", "error"), None)
 
     cdef int send_local_reply(self, int status, object body, str reason, list headers) except -1:
+        return self._reply(status, body, reason, headers, False)
+
+    cdef int _reply(self, int status, object body, str reason, list headers,
+                    bint route_reply) except -1:
+        # route_reply: a configured direct response or redirect, which gets the
+        # route's response header edits and no diagnostic reason header.
         cdef bytes b = body if isinstance(body, bytes) else bytes(body)
         cdef HeaderMap h = self.response_headers
         if self.done or self.resp_started:
@@ -838,14 +933,16 @@ cdef class HttpStream(UpstreamCallbacks):
             self.keep_alive = False
         self.status = status
         h.clear()
-        if b:
-            h.add_raw(b"content-type", 12, b"text/plain; charset=utf-8", 25)
-        if reason:
-            h.add(b"x-omnirelay-reason", reason)
         for name, value in headers or ():
             h.add(name, value)
+        if b and h.find(b"content-type", 12, 0) < 0:
+            h.add_raw(b"content-type", 12, b"text/plain; charset=utf-8", 25)
+        if reason and not route_reply:
+            h.add(b"x-omnirelay-reason", reason)
         if self.request_id is not None:
             h.add_raw(b"x-request-id", 12, self.request_id, len(self.request_id))
+        if route_reply and self.route.response_edits is not None:
+            self.route.response_edits.apply(h)
         self.resp_content_length = len(b)
         self.resp_no_body = self.is_head or len(b) == 0
         self.resp_has_body_filters = False
@@ -871,6 +968,10 @@ cdef class HttpStream(UpstreamCallbacks):
             return 0
         self.done = True
         self._cancel_timer()
+        if self.shadows is not None:
+            for sh in self.shadows:
+                (<ShadowRequest>sh).abort()
+            self.shadows = None
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
@@ -879,12 +980,12 @@ cdef class HttpStream(UpstreamCallbacks):
             self.retry_timer = None
         if self.retry_counted:
             self.retry_counted = False
-            self.route.cluster.retries_active -= 1
+            self.cluster.retries_active -= 1
         if self.connecting is not None or self.pending_counted:
             self._abandon_connect()
         if self.rq_counted:
             self.rq_counted = False
-            self.route.cluster.rq_active -= 1
+            self.cluster.rq_active -= 1
         st.downstream_rq_active -= 1
         cls = self.status // 100
         if cls == 2:
@@ -963,7 +1064,7 @@ cdef class HttpStream(UpstreamCallbacks):
 
     @property
     def cluster_name(self):
-        return self.route.cluster.name if self.route is not None else None
+        return self.cluster.name if self.cluster is not None else None
 
 
 cdef HttpStream _new_stream(DownstreamCodec codec, ListenerState listener, str peer,

@@ -19,14 +19,18 @@ cdef class Endpoint:
     cdef readonly str host
     cdef readonly int port
     cdef readonly int weight
+    cdef readonly int priority      # 0 (preferred) .. 7
+    cdef readonly str locality
     cdef readonly Cluster cluster
     cdef list idle
     cdef readonly long long connects
     cdef readonly long long connect_failures
     cdef readonly long long reuses
     cdef readonly int active
-    cdef public bint healthy        # active health checking flips it
-    cdef public bint ejected        # outlier detection
+    # Written through set_state (or the Python properties) so that a change
+    # of availability marks the cluster's priority loads stale.
+    cdef bint _healthy              # active health checking flips it
+    cdef bint _ejected              # outlier detection
     cdef public double ejected_until
     cdef public int ejections
     cdef public int consecutive_5xx
@@ -34,8 +38,9 @@ cdef class Endpoint:
     cdef readonly int open_connections
 
     cdef inline bint available(self) noexcept:
-        return self.healthy and not self.ejected
+        return self._healthy and not self._ejected
 
+    cdef void set_state(self, bint healthy, bint ejected) noexcept
     cdef UpstreamConnection acquire(self)
     cdef void release(self, UpstreamConnection c)
     cdef void forget(self, UpstreamConnection c)
@@ -43,18 +48,35 @@ cdef class Endpoint:
     cdef int sweep_idle(self, double now) except -1
 
 
-cdef class Cluster:
-    cdef readonly str name
+cdef class PriorityLevel:
+    """The endpoints of one priority and the LB state over them."""
+    cdef readonly int priority
     cdef readonly list endpoints
+    cdef list _ring                     # weighted round robin by repetition
     cdef Py_ssize_t rr
-    cdef list _ring
-    cdef public int lb                  # LB_* below
     cdef list _hash_eps                 # ring_hash: endpoints in ring order
     cdef unsigned long long* _hkeys     # ring_hash: sorted positions
     cdef Py_ssize_t _hn
+    cdef list _maglev                   # maglev: lookup table of endpoints
+    cdef int health                     # percent, overprovisioned and capped at 100
+    cdef int load                       # percent of requests sent to this level
+
+    cdef int rebuild_lb(self, int lb) except -1
+    cdef int update_health(self, double overprovisioning) except -1
+    cdef Endpoint _next_rr(self)
+    cdef Endpoint pick(self, Cluster c, unsigned long long key)
+
+
+cdef class Cluster:
+    cdef readonly str name
+    cdef readonly list endpoints
+    cdef list levels                    # PriorityLevel by ascending priority, none empty
+    cdef PriorityLevel _only            # the level when there is just one: no level choice
+    cdef bint _dirty                    # availability changed: recompute loads first
+    cdef readonly double overprovisioning
+    cdef public int lb                  # LB_* below
     cdef public bytes hash_header       # hash key: a request header (lowercase) ...
     cdef public bint hash_source_ip     # ... or the client address
-    cdef list _maglev                   # maglev: lookup table of endpoints
     cdef unsigned long long _rng
     # circuit breakers and their live counters
     cdef public int max_connections
@@ -71,15 +93,18 @@ cdef class Cluster:
     cdef public double od_base_ejection
     cdef public double od_max_ejection
     cdef public int od_max_percent
+    cdef public double od_interval      # seconds between un-ejection passes
+    cdef double _last_uneject
     cdef public double connect_timeout
     cdef public double idle_timeout
     cdef public int max_idle
     cdef public Py_ssize_t buffer_limit
 
     cdef unsigned long long _rand(self) noexcept
-    cdef Endpoint _next_rr(self)
+    cdef int _update_loads(self) except -1
+    cdef PriorityLevel _choose_level(self, unsigned long long key)
     cdef Endpoint pick(self, unsigned long long key)
-    cdef int report(self, Endpoint ep, int status) except -1
+    cpdef int report(self, Endpoint ep, int status) except -1
 
 
 cdef enum:

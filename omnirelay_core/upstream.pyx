@@ -63,52 +63,23 @@ def hash_key(data):
     return hash_bytes(b, len(b))
 
 
-cdef class Cluster:
-    """Endpoints and their pools; kept across config reloads for endpoints that stay."""
+cdef class PriorityLevel:
+    """Envoy's host set of one priority: pick() balances over its endpoints with
+    the cluster's policy, skipping unavailable ones (panic: any of them)."""
 
-    def __init__(self, str name, double connect_timeout=1.0, double idle_timeout=60.0,
-                 int max_idle=64, Py_ssize_t buffer_limit=1048576):
-        self.name = name
-        self.endpoints = []
+    def __init__(self, int priority, list endpoints):
+        self.priority = priority
+        self.endpoints = endpoints
+        # Weighted round robin by repetition: weights are small integers.
+        self._ring = [e for e in endpoints for _ in range((<Endpoint>e).weight)]
         self.rr = 0
-        self.connect_timeout = connect_timeout
-        self.idle_timeout = idle_timeout
-        self.max_idle = max_idle
-        self.buffer_limit = buffer_limit
-        self.max_connections = self.max_pending_requests = self.max_requests = 1024
-        self.max_retries = 3
-        self._rng = (hash_bytes(name.encode(), len(name.encode())) | 1)
         self._hash_eps = []
         self._maglev = []
 
     def __dealloc__(self):
         PyMem_Free(self._hkeys)
 
-    def set_lb(self, str policy, str hash_header=None, bint hash_source_ip=False):
-        if policy not in LB_POLICIES:
-            raise ValueError(f"unknown lb_policy {policy!r}")
-        self.lb = LB_POLICIES[policy]
-        self.hash_header = hash_header.lower().encode("latin-1") if hash_header else None
-        self.hash_source_ip = hash_source_ip
-        self._rebuild_lb()
-
-    def set_circuit_breakers(self, int max_connections, int max_pending_requests,
-                             int max_requests, int max_retries):
-        self.max_connections = max_connections
-        self.max_pending_requests = max_pending_requests
-        self.max_requests = max_requests
-        self.max_retries = max_retries
-
-    def set_outlier_detection(self, int consecutive_5xx=0, int consecutive_gateway=0,
-                              double base_ejection=30.0, double max_ejection=300.0,
-                              int max_percent=10):
-        self.od_consecutive_5xx = consecutive_5xx
-        self.od_consecutive_gateway = consecutive_gateway
-        self.od_base_ejection = base_ejection
-        self.od_max_ejection = max_ejection
-        self.od_max_percent = max_percent
-
-    def _rebuild_lb(self):
+    cdef int rebuild_lb(self, int lb) except -1:
         cdef list points = []
         cdef Endpoint ep
         cdef Py_ssize_t i, n
@@ -118,7 +89,7 @@ cdef class Cluster:
         self._hn = 0
         self._hash_eps = []
         self._maglev = []
-        if self.lb == LB_RING_HASH and self.endpoints:
+        if lb == LB_RING_HASH and self.endpoints:
             for ep in self.endpoints:
                 for i in range(_RING_POINTS_PER_WEIGHT * ep.weight):
                     b = f"{ep.host}:{ep.port}_{i}".encode()
@@ -132,36 +103,26 @@ cdef class Cluster:
                 self._hkeys[i] = points[i][0]
             self._hash_eps = [p[1] for p in points]
             self._hn = n
-        elif self.lb == LB_MAGLEV and self.endpoints:
+        elif lb == LB_MAGLEV and self.endpoints:
             self._maglev = _maglev_table(self.endpoints, _MAGLEV_SIZE)
+        return 0
 
-    def set_endpoints(self, list specs):
-        """specs: [(host, port, weight)]; existing Endpoint objects (and their
-        idle connections) are kept for addresses that stay."""
-        cdef dict old = {(e.host, e.port): e for e in self.endpoints}
-        cdef list new = []
+    cdef int update_health(self, double overprovisioning) except -1:
+        cdef long long total = 0, up = 0
+        cdef double h
         cdef Endpoint ep
-        for host, port, weight in specs:
-            ep = old.pop((host, port), None)
-            if ep is None:
-                ep = Endpoint(self, host, port, weight)
-            ep.weight = weight
-            new.append(ep)
-        for ep in old.values():
-            ep.close_idle()
-        # Weighted round robin by repetition: weights are small integers.
-        self.endpoints = new
-        self._ring = [e for e in new for _ in range(e.weight)]
-        self.rr = 0
-        self._rebuild_lb()
-
-    cdef unsigned long long _rand(self) noexcept:
-        cdef unsigned long long x = self._rng
-        x ^= x << 13
-        x ^= x >> 7
-        x ^= x << 17
-        self._rng = x
-        return x
+        for ep in self.endpoints:
+            total += ep.weight
+            if ep.available():
+                up += ep.weight
+        if up == 0:
+            self.health = 0
+            return 0
+        h = overprovisioning * 100.0 * up / total
+        # The epsilon keeps 1.4 x 25% from truncating to 34; a level with an
+        # available endpoint earns at least 1% so it is never passed over for panic.
+        self.health = 100 if h >= 100.0 else max(1, <int>(h + 1e-9))
+        return 0
 
     cdef Endpoint _next_rr(self):
         # Round robin over the weighted ring, skipping unavailable endpoints;
@@ -182,21 +143,22 @@ cdef class Cluster:
             self.rr = 0
         return <Endpoint>ring[self.rr]
 
-    cdef Endpoint pick(self, unsigned long long key):
+    cdef Endpoint pick(self, Cluster c, unsigned long long key):
         cdef list ring = self._ring
         cdef Py_ssize_t n = len(ring), lo, hi, mid, k, m
+        cdef int lb = c.lb
         cdef Endpoint a, b
         if n == 0:
             return None
-        if self.lb == LB_ROUND_ROBIN:
+        if lb == LB_ROUND_ROBIN:
             return self._next_rr()
-        if self.lb == LB_RANDOM:
-            a = <Endpoint>ring[self._rand() % n]
+        if lb == LB_RANDOM:
+            a = <Endpoint>ring[c._rand() % n]
             return a if a.available() else self._next_rr()
-        if self.lb == LB_LEAST_REQUEST:
+        if lb == LB_LEAST_REQUEST:
             # Power of two choices on in-flight requests.
-            a = <Endpoint>ring[self._rand() % n]
-            b = <Endpoint>ring[self._rand() % n]
+            a = <Endpoint>ring[c._rand() % n]
+            b = <Endpoint>ring[c._rand() % n]
             if a.available() and b.available():
                 return a if a.active <= b.active else b
             if a.available():
@@ -204,7 +166,7 @@ cdef class Cluster:
             if b.available():
                 return b
             return self._next_rr()
-        if self.lb == LB_RING_HASH and self._hn:
+        if lb == LB_RING_HASH and self._hn:
             lo, hi = 0, self._hn
             while lo < hi:
                 mid = (lo + hi) >> 1
@@ -217,7 +179,7 @@ cdef class Cluster:
                 if a.available():
                     return a
             return <Endpoint>self._hash_eps[lo % self._hn]
-        if self.lb == LB_MAGLEV and self._maglev:
+        if lb == LB_MAGLEV and self._maglev:
             m = len(self._maglev)
             for k in range(m):
                 a = <Endpoint>self._maglev[(key + k) % m]
@@ -226,7 +188,178 @@ cdef class Cluster:
             return <Endpoint>self._maglev[key % m]
         return self._next_rr()
 
-    cdef int report(self, Endpoint ep, int status) except -1:
+
+cdef tuple _endpoint_spec(object spec):
+    # (host, port, weight[, priority, locality]): 3-tuples are the pre-priority form.
+    if len(spec) == 3:
+        host, port, weight = spec
+        priority, locality = 0, None
+    else:
+        host, port, weight, priority, locality = spec
+    if not 0 <= priority <= 7:
+        raise ValueError(f"endpoint {host}:{port}: priority {priority} is not in 0..7")
+    return host, port, weight, priority, locality
+
+
+cdef class Cluster:
+    """Endpoints and their pools; kept across config reloads for endpoints that stay.
+
+    Endpoints are grouped into priority levels. Requests go to level 0 as far as
+    its health allows and spill over to the next levels (Envoy's priority load);
+    each level balances with the cluster's policy."""
+
+    def __init__(self, str name, double connect_timeout=1.0, double idle_timeout=60.0,
+                 int max_idle=64, Py_ssize_t buffer_limit=1048576):
+        self.name = name
+        self.endpoints = []
+        self.levels = []
+        self.overprovisioning = 1.4
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle
+        self.buffer_limit = buffer_limit
+        self.max_connections = self.max_pending_requests = self.max_requests = 1024
+        self.max_retries = 3
+        self.od_interval = 10.0
+        self._last_uneject = -1e300     # the first sweep runs an un-ejection pass
+        self._rng = (hash_bytes(name.encode(), len(name.encode())) | 1)
+
+    def set_lb(self, str policy, str hash_header=None, bint hash_source_ip=False):
+        cdef PriorityLevel lvl
+        if policy not in LB_POLICIES:
+            raise ValueError(f"unknown lb_policy {policy!r}")
+        self.lb = LB_POLICIES[policy]
+        self.hash_header = hash_header.lower().encode("latin-1") if hash_header else None
+        self.hash_source_ip = hash_source_ip
+        for lvl in self.levels:
+            lvl.rebuild_lb(self.lb)
+
+    def set_circuit_breakers(self, int max_connections, int max_pending_requests,
+                             int max_requests, int max_retries):
+        self.max_connections = max_connections
+        self.max_pending_requests = max_pending_requests
+        self.max_requests = max_requests
+        self.max_retries = max_retries
+
+    def set_outlier_detection(self, int consecutive_5xx=0, int consecutive_gateway=0,
+                              double base_ejection=30.0, double max_ejection=300.0,
+                              int max_percent=10, double interval=10.0):
+        self.od_consecutive_5xx = consecutive_5xx
+        self.od_consecutive_gateway = consecutive_gateway
+        self.od_base_ejection = base_ejection
+        self.od_max_ejection = max_ejection
+        self.od_max_percent = max_percent
+        self.od_interval = interval
+
+    def set_overprovisioning(self, double factor):
+        """A level of health h takes min(100%, factor x h) of the load it is offered."""
+        if factor <= 0:
+            raise ValueError(f"overprovisioning factor must be > 0, not {factor}")
+        self.overprovisioning = factor
+        self._dirty = True
+
+    def set_endpoints(self, list specs):
+        """specs: [(host, port, weight, priority, locality)], or [(host, port, weight)]
+        for priority 0 and no locality. Endpoint objects (their idle connections,
+        health and ejection) are kept for addresses that stay."""
+        cdef list parsed = [_endpoint_spec(s) for s in specs]   # all valid before any change
+        cdef dict old = {(e.host, e.port): e for e in self.endpoints}
+        cdef dict by_priority = {}
+        cdef list new = []
+        cdef Endpoint ep
+        cdef PriorityLevel lvl
+        for host, port, weight, priority, locality in parsed:
+            ep = old.pop((host, port), None)
+            if ep is None:
+                ep = Endpoint(self, host, port, weight, priority, locality)
+            else:
+                ep.weight = weight
+                ep.priority = priority
+                ep.locality = locality
+            new.append(ep)
+            by_priority.setdefault(priority, []).append(ep)
+        for ep in old.values():
+            ep.close_idle()
+        self.endpoints = new
+        self.levels = [PriorityLevel(p, by_priority[p]) for p in sorted(by_priority)]
+        self._only = self.levels[0] if len(self.levels) == 1 else None
+        self._dirty = True
+        for lvl in self.levels:
+            lvl.rebuild_lb(self.lb)
+
+    cdef unsigned long long _rand(self) noexcept:
+        cdef unsigned long long x = self._rng
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
+        self._rng = x
+        return x
+
+    cdef int _update_loads(self) except -1:
+        # Envoy's priority load: each level takes what its health allows of what
+        # the levels above it left; short of 100 in total, scale up to 100.
+        cdef PriorityLevel lvl, first = None
+        cdef int total = 0, left = 100
+        self._dirty = False
+        for lvl in self.levels:
+            lvl.update_health(self.overprovisioning)
+            total += lvl.health
+            lvl.load = 0
+        if total == 0:
+            # Nothing available anywhere: panic on the first level, as with one level.
+            (<PriorityLevel>self.levels[0]).load = 100
+            return 0
+        total = min(total, 100)
+        for lvl in self.levels:
+            lvl.load = min(left, lvl.health * 100 // total)
+            left -= lvl.load
+            if first is None and lvl.health:
+                first = lvl
+        first.load += left      # rounding remainder, as Envoy
+        return 0
+
+    cdef PriorityLevel _choose_level(self, unsigned long long key):
+        cdef PriorityLevel lvl
+        cdef unsigned long long r
+        if not self.levels:
+            return None
+        if self._dirty:
+            self._update_loads()
+        # Hash policies draw from the key so that a key stays on its level
+        # while health is stable; the others draw at random.
+        r = (key if self.lb >= LB_RING_HASH else self._rand()) % 100
+        for lvl in self.levels:
+            if r < <unsigned long long>lvl.load:
+                return lvl
+            r -= lvl.load
+        return <PriorityLevel>self.levels[0]    # not reached: loads sum to 100
+
+    cdef Endpoint pick(self, unsigned long long key):
+        cdef PriorityLevel lvl = self._only
+        if lvl is None:
+            lvl = self._choose_level(key)
+            if lvl is None:
+                return None
+        return lvl.pick(self, key)
+
+    def choose(self, key=None):
+        """The endpoint a request with this hash key would go to (None: a random
+        key); for tests and the admin API."""
+        return self.pick(self._rand() if key is None else key)
+
+    def priority_loads(self):
+        """Percent of requests per priority, indexed by priority (0 where absent)."""
+        cdef PriorityLevel lvl
+        if not self.levels:
+            return []
+        if self._dirty:
+            self._update_loads()
+        loads = [0] * ((<PriorityLevel>self.levels[len(self.levels) - 1]).priority + 1)
+        for lvl in self.levels:
+            loads[lvl.priority] = lvl.load
+        return loads
+
+    cpdef int report(self, Endpoint ep, int status) except -1:
         """Outlier detection input: an upstream status, or 0 for a connect
         failure / reset (a gateway failure)."""
         cdef bint gateway = status == 0 or status == 502 or status == 503 or status == 504
@@ -240,12 +373,12 @@ cdef class Cluster:
             ep.consecutive_5xx = 0
             ep.consecutive_gateway = 0
             return 0
-        if ep.ejected or not (
+        if ep._ejected or not (
                 (self.od_consecutive_5xx and ep.consecutive_5xx >= self.od_consecutive_5xx) or
                 (self.od_consecutive_gateway and ep.consecutive_gateway >= self.od_consecutive_gateway)):
             return 0
         for e in self.endpoints:
-            if (<Endpoint>e).ejected:
+            if (<Endpoint>e)._ejected:
                 ejected += 1
         # At least one endpoint may always be ejected, as in Envoy.
         limit = max(1, len(self.endpoints) * self.od_max_percent // 100)
@@ -253,7 +386,7 @@ cdef class Cluster:
             return 0
         ep.ejections += 1
         t = min(self.od_base_ejection * ep.ejections, self.od_max_ejection)
-        ep.ejected = True
+        ep.set_state(ep._healthy, True)
         ep.ejected_until = monotonic() + t
         ep.consecutive_5xx = ep.consecutive_gateway = 0
         _log.warning("cluster %s: ejected %s:%d for %.1fs (ejection %d)",
@@ -265,27 +398,59 @@ cdef class Cluster:
             ep.close_idle()
 
     def sweep(self, double now):
+        """Close idle connections past idle_timeout; every od_interval, also
+        return endpoints whose ejection has expired."""
         cdef Endpoint e
-        for ep in self.endpoints:
-            e = <Endpoint>ep
+        cdef bint uneject = now - self._last_uneject >= self.od_interval
+        if uneject:
+            self._last_uneject = now
+        for e in self.endpoints:
             e.sweep_idle(now)
-            if e.ejected and now >= e.ejected_until:
-                e.ejected = False
+            if uneject and e._ejected and now >= e.ejected_until:
+                e.set_state(e._healthy, False)
                 _log.info("cluster %s: %s:%d back from ejection", self.name, e.host, e.port)
 
     def stats(self):
-        return {"name": self.name, "endpoints": [e.stats() for e in self.endpoints]}
+        return {"name": self.name, "priority_loads": self.priority_loads(),
+                "endpoints": [e.stats() for e in self.endpoints]}
 
 
 cdef class Endpoint:
 
-    def __init__(self, Cluster cluster, str host, int port, int weight=1):
+    def __init__(self, Cluster cluster, str host, int port, int weight=1,
+                 int priority=0, str locality=None):
         self.cluster = cluster
         self.host = host
         self.port = port
         self.weight = weight
+        self.priority = priority
+        self.locality = locality
         self.idle = []
-        self.healthy = True
+        self._healthy = True
+
+    cdef void set_state(self, bint healthy, bint ejected) noexcept:
+        # Only a change of availability can move priority loads.
+        cdef bint was = self.available()
+        self._healthy = healthy
+        self._ejected = ejected
+        if self.available() != was:
+            self.cluster._dirty = True
+
+    @property
+    def healthy(self):
+        return self._healthy
+
+    @healthy.setter
+    def healthy(self, bint value):
+        self.set_state(value, self._ejected)
+
+    @property
+    def ejected(self):
+        return self._ejected
+
+    @ejected.setter
+    def ejected(self, bint value):
+        self.set_state(self._healthy, value)
 
     cdef UpstreamConnection acquire(self):
         cdef UpstreamConnection c
@@ -354,7 +519,8 @@ cdef class Endpoint:
 
     def stats(self):
         return {"address": f"{self.host}:{self.port}", "weight": self.weight,
-                "healthy": self.healthy, "ejected": self.ejected, "ejections": self.ejections,
+                "priority": self.priority, "locality": self.locality,
+                "healthy": self._healthy, "ejected": self._ejected, "ejections": self.ejections,
                 "open_connections": self.open_connections,
                 "idle": len(self.idle), "active": self.active, "connects": self.connects,
                 "connect_failures": self.connect_failures, "reuses": self.reuses}

@@ -6,12 +6,16 @@ Each peer is a 1-worker proxy in front of it (or nothing, for `direct`). wrk (1 
 each peer in turn, round-robin over the peers for --rounds rounds, and the median per peer is
 kept, so that noise from other work on a shared machine lands on every peer alike.
 
+`--scenario routes` instead compares OmniRelay with its 1-route config against OmniRelay with
+the 1,000-route table of routes.py, on requests that reach a route late in that table.
+
 Prints one JSON object to stdout; progress goes to stderr. Exit status: 0 when every chosen
 peer ran, 1 when one failed to start or to serve (its reason is in `failed_peers`), 2 with
 --check-targets when a target was missed.
 
     .venv/bin/python bench/e2e/run.py                       # all peers, 3 rounds of 5 s
     .venv/bin/python bench/e2e/run.py --peers direct,nginx,aiohttp --duration 2 --rounds 1
+    .venv/bin/python bench/e2e/run.py --scenario routes --duration 4 --rounds 2
 """
 from __future__ import annotations
 
@@ -33,6 +37,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    from bench.e2e import routes as route_tables
+except ImportError:  # run as a script: this directory is sys.path[0]
+    import routes as route_tables
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"  # every process binds here and all traffic stays on loopback
@@ -98,11 +107,13 @@ http {{
 
 
 def upstream_conf(tmp: Path, port: int) -> str:
+    """The origin: the small body on `/` and, for the routes scenario, on any other path too."""
     body = SMALL_BODY.decode().replace("\n", "\\n")  # nginx unescapes \n in quoted strings
     return nginx_conf("upstream", tmp, f"""\
         listen {HOST}:{port} backlog=4096;
         location = {SMALL_PATH} {{ return 200 "{body}"; }}
-        location = {LARGE_PATH} {{ root {tmp}/www; }}""")
+        location = {LARGE_PATH} {{ root {tmp}/www; }}
+        location / {{ return 200 "{body}"; }}""")
 
 
 def nginx_proxy_conf(tmp: Path, port: int, upstream_port: int) -> str:
@@ -231,10 +242,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(port: int, path: str, timeout: float = 2.0,
+             host: str | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Host": host} if host else {})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -351,9 +363,11 @@ def parse_wrk(text: str) -> dict:
     return out
 
 
-def run_wrk(wrk: str, port: int, path: str, connections: int, duration: int) -> dict:
+def run_wrk(wrk: str, port: int, path: str, connections: int, duration: int,
+            host: str | None = None) -> dict:
     argv = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-            "--timeout", WRK_TIMEOUT, f"http://{HOST}:{port}{path}"]
+            "--timeout", WRK_TIMEOUT, *(["-H", f"Host: {host}"] if host else []),
+            f"http://{HOST}:{port}{path}"]
     try:
         res = subprocess.run(die_with_us(argv), stdin=subprocess.DEVNULL, capture_output=True,
                              text=True, timeout=duration + 30, check=False)
@@ -371,6 +385,8 @@ class Peer:
     name: str
     port: int
     proc: subprocess.Popen | None  # None for direct
+    path: str = SMALL_PATH  # what the small-body case requests, and with which Host header
+    host: str | None = None  # None: wrk's default, 127.0.0.1:port
     small: list[dict] = field(default_factory=list)
     large: list[dict] = field(default_factory=list)
     peak_rss_mb: list[float] = field(default_factory=list)
@@ -383,19 +399,20 @@ def rotated(items: list, k: int) -> list:
 
 
 def measure_rounds(args, peers: list[Peer], failed: dict, *, large: bool) -> None:
-    path, conns = (LARGE_PATH, args.large_connections) if large else (SMALL_PATH, args.connections)
+    conns = args.large_connections if large else args.connections
     for rnd in range(args.rounds):
         for peer in rotated([p for p in peers if p.name not in failed], rnd):
+            path, host = (LARGE_PATH, None) if large else (peer.path, peer.host)
             try:
                 if peer.proc is not None and peer.proc.poll() is not None:
                     raise PeerError(f"exited with status {peer.proc.returncode} during the run")
                 if args.warmup:
-                    run_wrk(args.wrk, peer.port, path, conns, args.warmup)
+                    run_wrk(args.wrk, peer.port, path, conns, args.warmup, host)
                 sampler = RssSampler(peer.proc) if large and peer.proc is not None else None
                 if sampler:
                     sampler.start()
                 try:
-                    res = run_wrk(args.wrk, peer.port, path, conns, args.duration)
+                    res = run_wrk(args.wrk, peer.port, path, conns, args.duration, host)
                 finally:
                     if sampler:
                         peer.peak_rss_mb.append(sampler.stop())
@@ -419,18 +436,34 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def report(args, peers: list[Peer], failed: dict) -> dict:
-    small = {
-        p.name: {
-            "rps": _median(p.small, "rps", 1),
-            "p50_ms": _median(p.small, "p50_ms", 3),
-            "p99_ms": _median(p.small, "p99_ms", 3),
-            "rps_per_round": [round(r["rps"], 1) for r in p.small],
-            "non_2xx": sum(r["non_2xx"] for r in p.small),
-            "socket_errors": sum(r["socket_errors"] for r in p.small),
-        }
-        for p in peers if p.small and p.name not in failed
+def small_summary(p: Peer) -> dict:
+    """Medians over the rounds of one peer's small-body runs, with the spread and the errors."""
+    return {
+        "rps": _median(p.small, "rps", 1),
+        "p50_ms": _median(p.small, "p50_ms", 3),
+        "p99_ms": _median(p.small, "p99_ms", 3),
+        "rps_per_round": [round(r["rps"], 1) for r in p.small],
+        "p99_ms_per_round": [round(r["p99_ms"], 3) for r in p.small],
+        "non_2xx": sum(r["non_2xx"] for r in p.small),
+        "socket_errors": sum(r["socket_errors"] for r in p.small),
     }
+
+
+def common_settings(args) -> dict:
+    return {
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "wrk": f"-t1 -c{args.connections} --latency --timeout {WRK_TIMEOUT}",
+        "small_body_bytes": len(SMALL_BODY),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": args.loadavg_at_start,
+        "python": platform.python_version(),
+    }
+
+
+def report(args, peers: list[Peer], failed: dict) -> dict:
+    small = {p.name: small_summary(p) for p in peers if p.small and p.name not in failed}
     large_ok = [p for p in peers if p.large and p.name not in failed]
     large = {
         "path": LARGE_PATH,
@@ -460,17 +493,7 @@ def report(args, peers: list[Peer], failed: dict) -> dict:
     verdicts = [t["met"] for t in targets.values()]
     return {
         "benchmark": "omnirelay-e2e",
-        "settings": {
-            "peers": [p.name for p in peers],
-            "rounds": args.rounds,
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "wrk": f"-t1 -c{args.connections} --latency --timeout {WRK_TIMEOUT}",
-            "small_body_bytes": len(SMALL_BODY),
-            "cpus": os.cpu_count(),
-            "loadavg_at_start": args.loadavg_at_start,
-            "python": platform.python_version(),
-        },
+        "settings": {"peers": [p.name for p in peers], **common_settings(args)},
         "units": {"rps": "requests/s (median of rounds)", "p50_ms": "ms", "p99_ms": "ms",
                   "mbps": "MiB/s (wrk Transfer/sec)", "peak_rss_mb": "MiB, summed over workers"},
         "peers": small,
@@ -482,7 +505,8 @@ def report(args, peers: list[Peer], failed: dict) -> dict:
     }
 
 
-def run(args, procs: Processes, tmp: Path) -> dict:
+def start_upstream(args, procs: Processes, tmp: Path) -> Bench:
+    """Start the origin nginx and check its bodies; exits the script if it cannot serve."""
     bench = Bench(tmp=tmp, nginx=args.nginx, omnirelay=args.omnirelay)
     www = tmp / "www"
     www.mkdir()
@@ -497,7 +521,31 @@ def run(args, procs: Processes, tmp: Path) -> dict:
     except PeerError as exc:
         raise SystemExit(f"upstream nginx failed: {exc}\n{procs.tail('upstream')}") from None
     log(f"upstream nginx pid {upstream.pid} on {HOST}:{bench.upstream_port}")
+    return bench
 
+
+def start_peer(args, procs: Processes, name: str, build, bench: Bench,
+               failed: dict[str, str]) -> tuple[int, subprocess.Popen] | None:
+    """Start peer `name` from `build(bench, port)` and check it serves; None (and a reason in
+    `failed`) when it does not."""
+    port = free_port()
+    try:
+        argv = build(bench, port)
+        if not os.access(argv[0], os.X_OK):
+            raise PeerError(f"{argv[0]} is not an executable")
+        proc = procs.start(name, argv)
+        wait_ready(port, proc, args.ready_timeout)
+        check_bodies(port)
+    except PeerError as exc:
+        failed[name] = f"{exc}\n{procs.tail(name)}".strip()
+        log(f"{name}: FAILED to start: {failed[name]}")
+        return None
+    log(f"{name}: pid {proc.pid} on {HOST}:{port}: {' '.join(argv)}")
+    return port, proc
+
+
+def run(args, procs: Processes, tmp: Path) -> dict:
+    bench = start_upstream(args, procs, tmp)
     peers: list[Peer] = []
     failed: dict[str, str] = {}
     for name in args.peers:
@@ -505,20 +553,9 @@ def run(args, procs: Processes, tmp: Path) -> dict:
         if build is None:
             peers.append(Peer(name, bench.upstream_port, None))
             continue
-        port = free_port()
-        try:
-            argv = build(bench, port)
-            if not os.access(argv[0], os.X_OK):
-                raise PeerError(f"{argv[0]} is not an executable")
-            proc = procs.start(name, argv)
-            wait_ready(port, proc, args.ready_timeout)
-            check_bodies(port)
-        except PeerError as exc:
-            failed[name] = f"{exc}\n{procs.tail(name)}".strip()
-            log(f"{name}: FAILED to start: {failed[name]}")
-            continue
-        log(f"{name}: pid {proc.pid} on {HOST}:{port}: {' '.join(argv)}")
-        peers.append(Peer(name, port, proc))
+        started = start_peer(args, procs, name, build, bench, failed)
+        if started:
+            peers.append(Peer(name, *started))
 
     if peers:
         log(f"small body: {args.rounds} rounds x {len(peers)} peers x "
@@ -531,9 +568,122 @@ def run(args, procs: Processes, tmp: Path) -> dict:
     return report(args, peers, failed)
 
 
+# --- the routes scenario: a 1-route table against a 1,000-route table ------------------------
+
+# process name -> config writer, each an `omnirelay run --workers 1` like the omnirelay peer
+ROUTE_PROCS = {
+    "omnirelay-1-route": PEERS["omnirelay"],  # the omnirelay peer itself
+    "omnirelay-1000-routes": lambda b, port: [
+        b.omnirelay, "run", "--workers", "1", "--config",
+        b.write("omnirelay-routes.json", json.dumps(
+            route_tables.large_config(port, b.upstream_port, host=HOST), indent=1))],
+}
+# case -> (process, request in route_tables.REQUESTS); the small table has one catch-all route,
+# so it is measured once, with the same request as the `large` case
+ROUTE_CASES = {
+    "small": ("omnirelay-1-route", "last_vhost"),
+    "large": ("omnirelay-1000-routes", "last_vhost"),
+    "large_catch_all": ("omnirelay-1000-routes", "catch_all"),
+}
+
+
+def check_route_targets(config: dict) -> None:
+    """Build the table in-process with the same builder the proxy runs and check that each
+    measured request reaches its route, so a table that answers from the wrong route fails
+    instead of being measured. The proxy's answer alone cannot tell: every cluster points at
+    the same origin."""
+    from omnirelay.config import load_config  # only this scenario needs omnirelay importable
+    from omnirelay.runtime.build import TableBuilder
+
+    table = TableBuilder().build(load_config(config)).listeners[route_tables.LISTENER].routes
+    with_headers = any("headers" in r["match"] for r in config["spec"]["routes"])
+    wrong = route_tables.mismatches(table, with_headers)
+    if wrong:
+        raise PeerError("; ".join(wrong))
+
+
+def run_routes(args, procs: Processes, tmp: Path) -> dict:
+    bench = start_upstream(args, procs, tmp)
+    failed: dict[str, str] = {}
+    ports: dict[str, tuple[int, subprocess.Popen]] = {}
+    try:
+        check_route_targets(route_tables.large_config(0, bench.upstream_port, host=HOST))
+        log("large table: every probe reaches its route")
+    except Exception as exc:  # noqa: BLE001 - any failure to build the table is the reason
+        failed["omnirelay-1000-routes"] = f"route table check: {type(exc).__name__}: {exc}"
+        log(f"FAILED: {failed['omnirelay-1000-routes']}")
+    for name, build in ROUTE_PROCS.items():
+        if name not in failed:
+            started = start_peer(args, procs, name, build, bench, failed)
+            if started:
+                ports[name] = started
+
+    cases: list[Peer] = []
+    for case, (proc_name, req) in ROUTE_CASES.items():
+        if proc_name not in ports:
+            failed[case] = f"{proc_name} failed (see its entry)"
+            continue
+        host, path, _ = route_tables.REQUESTS[req]
+        port, proc = ports[proc_name]
+        try:
+            status, body = http_get(port, path, host=host)
+            if (status, body) != (200, SMALL_BODY):
+                raise PeerError(f"GET {path} Host {host} -> {status} {body[:60]!r}, "
+                                f"want 200 {SMALL_BODY!r}")
+        except (PeerError, OSError, http.client.HTTPException) as exc:
+            failed[case] = f"{type(exc).__name__}: {exc}"
+            log(f"{case}: FAILED: {failed[case]}")
+            continue
+        cases.append(Peer(case, port, proc, path=path, host=host))
+
+    if cases:
+        log(f"routes: {args.rounds} rounds x {len(cases)} cases x "
+            f"({args.warmup}s warm-up + {args.duration}s), -c{args.connections}")
+        measure_rounds(args, cases, failed, large=False)
+    return report_routes(args, cases, failed)
+
+
+def report_routes(args, cases: list[Peer], failed: dict) -> dict:
+    results = {}
+    for p in cases:
+        if p.small and p.name not in failed:
+            proc_name, req = ROUTE_CASES[p.name]
+            results[p.name] = {"process": proc_name, "host": p.host, "path": p.path,
+                               "route": route_tables.REQUESTS[req][2] if p.name != "small"
+                               else "all", **small_summary(p)}
+
+    def get(case: str, key: str) -> float | None:
+        return results.get(case, {}).get(key)
+
+    ratios = {}
+    for case in ("large", "large_catch_all"):
+        ratios[f"{case}_over_small_rps"] = _ratio(get(case, "rps"), get("small", "rps"))
+        ratios[f"{case}_over_small_p99"] = _ratio(get(case, "p99_ms"), get("small", "p99_ms"))
+    n_routes = route_tables.VHOSTS * route_tables.ROUTES_PER_VHOST
+    return {
+        "benchmark": "omnirelay-e2e-routes",
+        "settings": {
+            "tables": {
+                "small": "1 route (prefix /, any host), 1 cluster, 1 endpoint",
+                "large": f"{n_routes} routes on {route_tables.VHOSTS} virtual hosts + 1 "
+                         f"catch-all, {route_tables.CLUSTERS} clusters",
+            },
+            **common_settings(args),
+        },
+        "units": {"rps": "requests/s (median of rounds)", "p50_ms": "ms", "p99_ms": "ms"},
+        "cases": results,
+        "ratios": ratios,
+        "failed_peers": failed,
+    }
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     venv_bin = Path(sys.executable).parent  # not resolved: keep the venv's bin directory
     p = argparse.ArgumentParser(description="OmniRelay vs nginx vs aiohttp, one machine, one run.")
+    p.add_argument("--scenario", choices=("peers", "routes"), default="peers",
+                   help="peers: the proxies against each other (default); routes: OmniRelay "
+                        "with 1 route against OmniRelay with 1,000 (ignores --peers, "
+                        "--skip-large, --large-connections and --check-targets)")
     p.add_argument("--peers", default=",".join(PEERS),
                    help=f"comma-separated subset of {','.join(PEERS)} (default: all)")
     p.add_argument("--duration", type=int, default=5, help="seconds per measured wrk run")
@@ -577,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        result = run(args, procs, tmp)
+        result = (run_routes if args.scenario == "routes" else run)(args, procs, tmp)
     finally:
         procs.stop_all()
         if args.keep_tmp:
@@ -587,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     if result["failed_peers"]:
         return 1
-    if args.check_targets and not result["targets_met"]:
+    if args.check_targets and args.scenario == "peers" and not result["targets_met"]:
         return 2
     return 0
 

@@ -34,6 +34,23 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 section 5.6.2
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)", re.IGNORECASE)
 _HOST_PORT = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]*)(?::(?P<port>\d{1,5}))?")
 _HOST_PATTERN_HINT = "use '*', '*.example.com' or an exact host, optionally with ':port'"
+_AUTHORITY_HINT = "expected a DNS name or an IP address (IPv6 in brackets), optionally with ':port'"
+
+# Headers the proxy manages itself: hop-by-hop fields (RFC 9110 section 7.6.1) and message
+# framing. Header edits may not touch them; the upstream Host is changed with `rewrite`.
+MANAGED_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+    }
+)
 
 
 def type_name(value: object) -> str:
@@ -77,15 +94,17 @@ def boolean(value: object) -> bool:
     return value
 
 
-def number(low: float, high: float) -> Check[float]:
-    """A finite int or float within [low, high], normalized to float."""
+def number(low: float, high: float | None = None) -> Check[float]:
+    """A finite int or float within [low, high] (no upper bound if None), as a float."""
 
     def check(value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"expected number, got {type_name(value)}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"must be finite, got {value!r}")
-        if not low <= value <= high:
+        if high is None and value < low:
+            raise ValueError(f"must be at least {low:g}, got {value!r}")
+        if high is not None and not low <= value <= high:
             raise ValueError(f"must be between {low:g} and {high:g}, got {value!r}")
         return float(value)
 
@@ -129,6 +148,19 @@ def _in_range(value: int, low: int, high: int | None, unit: str) -> None:
         raise ValueError(f"must be at least {low}{unit}, got {value}")
     if high is not None and not low <= value <= high:
         raise ValueError(f"must be between {low} and {high}{unit}, got {value}")
+
+
+def int_one_of(allowed: Collection[int]) -> Check[int]:
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected integer, got {type_name(value)}")
+        if value not in allowed:
+            raise ValueError(
+                f"unsupported value {value!r} (allowed: {', '.join(map(str, allowed))})"
+            )
+        return value
+
+    return check
 
 
 def one_of(allowed: Collection[str]) -> Check[str]:
@@ -176,6 +208,70 @@ def header_value(value: object) -> str:
     return text
 
 
+def edited_header_name(*, request: bool) -> Check[str]:
+    """A header name that request (or response) header edits may touch: not one the proxy
+    manages itself (hop-by-hop and message framing), lowercased."""
+
+    def check(value: object) -> str:
+        name = header_name(value)
+        if name == "host" and request:
+            raise ValueError(
+                "cannot edit 'host' here: change the upstream Host with rewrite.host or "
+                "rewrite.auto_host"
+            )
+        if name in MANAGED_HEADERS:
+            raise ValueError(
+                f"cannot edit {name!r}: hop-by-hop and framing headers are managed by the proxy"
+            )
+        return name
+
+    return check
+
+
+def present(hint: str = "") -> Check[bool]:
+    """`present: true`; false has no meaning of its own and is rejected with `hint`."""
+
+    def check(value: object) -> bool:
+        if not boolean(value):
+            raise ValueError(f"only true is accepted{hint}")
+        return value
+
+    return check
+
+
+def method(value: object) -> str:
+    """An HTTP method: an RFC 9110 token, written in upper case since methods are
+    case-sensitive ("get" is a different, unknown method)."""
+    text = string(value)
+    if not _TOKEN.fullmatch(text):
+        raise ValueError(f"invalid method {text!r}: must be an RFC 9110 token")
+    if text != text.upper():
+        raise ValueError(
+            f"invalid method {text!r}: methods are case-sensitive, write {text.upper()!r}"
+        )
+    return text
+
+
+def regex(value: object) -> str:
+    """A Python `re` pattern, kept as written once it compiles."""
+    text = nonempty_string(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {text!r}: {exc}") from None
+    return text
+
+
+def substitution(pattern: str, template: object) -> str:
+    """An `re.sub` template valid for `pattern`: escapes and group references must resolve."""
+    text = string(template)
+    try:
+        re.compile(pattern).sub(text, "")  # the template is parsed before any matching
+    except (re.error, IndexError) as exc:  # IndexError: unknown group name
+        raise ValueError(f"invalid substitution {text!r}: {exc}") from None
+    return text
+
+
 def via_name(value: object) -> str:
     if string(value) and not _TOKEN.fullmatch(value):
         raise ValueError(f"invalid via name {value!r}: must be an RFC 9110 token or empty")
@@ -208,6 +304,37 @@ def _is_ip(text: str, kind: Callable[[str], object] = ipaddress.ip_address) -> b
     except ValueError:
         return False
     return True
+
+
+def _uri_host(host: str) -> bool:
+    """A host as written in a URL: a DNS name, an IPv4 address or a bracketed IPv6 address."""
+    if host.startswith("["):
+        return _is_ip(host[1:-1], ipaddress.IPv6Address)
+    return _dns_name(host)
+
+
+def authority(value: object) -> str:
+    """host[:port] as sent in a Host header (IPv6 in brackets), lowercased."""
+    text = nonempty_string(value)
+    match = _HOST_PORT.fullmatch(text.lower())
+    if not match or not match["host"] or not _uri_host(match["host"]):
+        raise ValueError(f"invalid host {text!r}: {_AUTHORITY_HINT}")
+    if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(f"invalid host {text!r}: port must be between 1 and 65535")
+    return text.lower()
+
+
+def uri_host(value: object) -> str:
+    """A host without a port, as in a URL (IPv6 in brackets), lowercased."""
+    text = nonempty_string(value)
+    match = _HOST_PORT.fullmatch(text.lower())
+    if match and match["host"] and _uri_host(match["host"]) and match["port"] is not None:
+        raise ValueError(f"invalid host {text!r}: give the port in 'port', not in 'host'")
+    if not match or not match["host"] or not _uri_host(match["host"]):
+        raise ValueError(
+            f"invalid host {text!r}: expected a DNS name or an IP address (IPv6 in brackets)"
+        )
+    return text.lower()
 
 
 def host_pattern(value: object) -> str:

@@ -17,7 +17,23 @@ from .frozen import FrozenDict
 class Endpoint:
     address: str  # IP literal or DNS name
     port: int
-    weight: int = 1
+    weight: int = 1  # 1..128
+    priority: int = 0  # 0 = most preferred; traffic spills to higher numbers as health drops
+    locality: str | None = None  # label such as "us-east-1/us-east-1a"; reported, not routed on
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """Where a cluster's endpoints come from besides the static list.
+
+    `file`: a JSON or YAML file holding a list of endpoints (the `endpoints` shape), re-read when
+    it changes, polled every `interval`. `api`: pushed through `Relay.set_endpoints` or the
+    control-plane client. Static `endpoints`, if given, serve until the first update arrives.
+    """
+
+    type: str  # "file" | "api"
+    path: str | None = None  # set exactly when type == "file"
+    interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,22 +88,113 @@ class Cluster:
     health_check: HealthCheck | None = None
     circuit_breakers: CircuitBreakers = CircuitBreakers()
     outlier_detection: OutlierDetection | None = None
+    overprovisioning_factor: float = 1.4  # >= 1.0; see priority failover in docs
+    discovery: Discovery | None = None  # endpoints may be empty only when this is set
 
 
 @dataclass(frozen=True, slots=True)
 class HeaderMatch:
+    """Exactly one of `exact` / `regex` / `present` is set; `invert` negates the result.
+
+    A header that occurs several times matches if any of its values does. Regexes are
+    Python `re` syntax and must match the whole value.
+    """
+
     name: str  # lowercased RFC 9110 token
-    equals: str
+    exact: str | None = None
+    regex: str | None = None
+    present: bool | None = None  # only True is accepted; absence is `present: true, invert: true`
+    invert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueryMatch:
+    """A query-string parameter; exactly one of `exact` / `regex` / `present` is set.
+
+    Names and values are compared after percent-decoding ('+' is a space).
+    """
+
+    name: str
+    exact: str | None = None
+    regex: str | None = None
+    present: bool | None = None  # only True is accepted
 
 
 @dataclass(frozen=True, slots=True)
 class RouteMatch:
-    """All given conditions must hold. Exactly one of `path_exact` / `path_prefix` is set."""
+    """All given conditions must hold. Exactly one of `path_exact` / `path_prefix` /
+    `path_regex` is set (the path excludes the query string; a regex must match it whole)."""
 
     hosts: tuple[str, ...] = ("*",)
     path_exact: str | None = None
     path_prefix: str | None = "/"
+    path_regex: str | None = None
+    methods: tuple[str, ...] = ()  # uppercase tokens; empty = any method
     headers: tuple[HeaderMatch, ...] = ()
+    query: tuple[QueryMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderValue:
+    name: str  # lowercased RFC 9110 token
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdits:
+    """Applied in this order: remove, set (replace all values), add (append)."""
+
+    remove: tuple[str, ...] = ()  # lowercased names
+    set: tuple[HeaderValue, ...] = ()
+    add: tuple[HeaderValue, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedCluster:
+    name: str
+    weight: int  # 0..10000; a route's weights sum to > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """Traffic shadowing: a copy of `percent` of the route's requests goes to `cluster`."""
+
+    cluster: str
+    percent: float = 100.0  # 0..100
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """Upstream-bound request rewrites. At most one of `prefix` / `regex`; at most one of
+    `host` / `auto_host`. `prefix` needs a `path_prefix` match and replaces the matched prefix;
+    `regex` + `substitution` (Python `re.sub` template) rewrite the path, query kept."""
+
+    prefix: str | None = None
+    regex: str | None = None
+    substitution: str | None = None  # set exactly when regex is
+    host: str | None = None  # literal Host sent upstream
+    auto_host: bool = False  # Host becomes the chosen endpoint's "address:port"
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    status: int  # 200..599
+    body: str = ""
+    headers: tuple[HeaderValue, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """A redirect answered by the proxy. Unset parts keep the request's own; at most one of
+    `path` / `prefix_rewrite` (the latter needs a `path_prefix` match)."""
+
+    code: int = 301  # 301, 302, 303, 307, 308
+    scheme: str | None = None  # "http" | "https"
+    host: str | None = None
+    port: int | None = None  # 1..65535; dropped when it is the scheme's default
+    path: str | None = None
+    prefix_rewrite: str | None = None
+    strip_query: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +216,24 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """Exactly one action is set: `cluster`, `weighted_clusters`, `direct_response` or
+    `redirect`. `rewrite`, `mirrors`, `retry_policy` and the timeouts need a cluster action."""
+
     name: str
     match: RouteMatch
-    cluster: str
+    cluster: str | None = None
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
+    direct_response: DirectResponse | None = None
+    redirect: Redirect | None = None
     timeout: float = 15.0  # 0 disables
     per_try_timeout: float | None = None
     max_request_body: int | None = None
     filters: tuple[FilterSpec, ...] = ()
     retry_policy: RetryPolicy | None = None
+    rewrite: Rewrite | None = None
+    request_headers: HeaderEdits = HeaderEdits()
+    response_headers: HeaderEdits = HeaderEdits()
+    mirrors: tuple[Mirror, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """Decoding of a parsed document into the model, with every field-level check.
 
 The document shape mirrors the dataclasses in `model` (same snake_case names, same defaults),
-except that a route match nests its path as `path: {exact: ...}` or `path: {prefix: ...}`.
+except that a route match nests its path as `path: {exact | prefix | regex: ...}`, and that a
+cluster with `discovery` may leave out `endpoints`. Optional fields accept null for "not set",
+so the normalized document (`config_to_dict`, every field spelled out) loads back unchanged.
 Decoding never stops at the first problem: each one is recorded as a `ConfigIssue` and the
 surrounding object is marked bad, so a single pass reports everything.
 """
@@ -21,19 +23,28 @@ from .model import (
     CircuitBreakers,
     Cluster,
     Config,
+    DirectResponse,
+    Discovery,
     Endpoint,
     FilterSpec,
     HashKey,
+    HeaderEdits,
     HeaderMatch,
+    HeaderValue,
     HealthCheck,
     Listener,
     Metadata,
+    Mirror,
     OutlierDetection,
+    QueryMatch,
+    Redirect,
     RetryPolicy,
+    Rewrite,
     Rollout,
     Route,
     RouteMatch,
     Spec,
+    WeightedCluster,
 )
 from .units import format_duration
 from .validate import Outline, graph_issues
@@ -41,8 +52,19 @@ from .validate import Outline, graph_issues
 _ABSENT: Any = object()  # optional field not given: the dataclass default applies
 _BAD: Any = object()  # value failed a check; its issue is already recorded
 
-_MATCH_FIELDS = ("hosts", "path", "headers")
-_PATH_FIELDS = ("exact", "prefix")
+_MATCH_FIELDS = ("hosts", "path", "methods", "headers", "query")
+_PATH_FIELDS = ("exact", "prefix", "regex")
+_CONDITIONS = ("exact", "regex", "present")  # of a header or query match
+_ACTIONS = ("cluster", "weighted_clusters", "direct_response", "redirect")
+_FORWARDING = ("cluster", "weighted_clusters")
+# Route fields that only mean something when the route forwards to a cluster.
+_FORWARDING_ONLY = ("per_try_timeout", "retry_policy", "rewrite", "mirrors")
+_REDIRECT_CODES = (301, 302, 303, 307, 308)
+_REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix_rewrite")
+_SCHEMES = ("http", "https")
+_DISCOVERY_TYPES = ("file", "api")
+_BODYLESS_STATUSES = (204, 304)
+_RENAMED = {"equals": "exact"}  # old field name -> new one, for upgrade hints
 _LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
 _HASH_POLICIES = ("ring_hash", "maglev")
 _RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes")
@@ -76,7 +98,34 @@ def _effective(values: Mapping[str, Any], cls: type, name: str) -> Any:
     return _default(cls, name) if value is _ABSENT else value
 
 
+def _given(obj: Mapping[str, Any], key: str) -> bool:
+    """Whether a raw field is set: present, not null and, for lists, not empty."""
+    value = obj.get(key)
+    return value is not None and not (isinstance(value, (list, tuple)) and not value)
+
+
+def _one_of(keys: Collection[str]) -> str:
+    quoted = [repr(key) for key in keys]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def _path_kind(match: object) -> str | None:
+    """'exact', 'prefix' or 'regex' for a raw route match; None when it cannot be read."""
+    if not isinstance(match, Mapping):
+        return None
+    if "path" not in match:
+        return "prefix"  # the default match, `{prefix: /}`
+    path = match["path"]
+    if not isinstance(path, Mapping):
+        return None
+    given = [key for key in _PATH_FIELDS if key in path]
+    return given[0] if len(given) == 1 else None
+
+
 def _unknown_field(key: str, allowed: Collection[str]) -> str:
+    renamed = _RENAMED.get(key)
+    if renamed in allowed:
+        return f"unknown field (renamed to {renamed!r})"
     close = difflib.get_close_matches(key, allowed, n=1)
     if close:
         return f"unknown field (did you mean {close[0]!r}?)"
@@ -157,6 +206,31 @@ class _Decoder:
             return _BAD if any(b is _BAD for b in built) else tuple(built)
 
         return build
+
+    def distinct(
+        self, names: list[Any], path: str, kind: str, key: str | None = None, verb: str = "listed"
+    ) -> bool:
+        """Report items of a list whose name repeats an earlier one; the issue goes on the
+        item (or its field `key`)."""
+        first: dict[Any, int] = {}
+        ok = True
+        for index, name in enumerate(names):
+            if name in first:
+                where = item_path(path, index)
+                self.report(
+                    field_path(where, key) if key else where,
+                    f"{kind} {name!r} is {verb} twice (first at index {first[name]})",
+                )
+                ok = False
+            else:
+                first[name] = index
+        return ok
+
+    def exactly_one(self, obj: Mapping[str, Any], path: str, keys: Collection[str]) -> bool:
+        if sum(_given(obj, key) for key in keys) == 1:
+            return True
+        self.report(path, f"exactly one of {_one_of(keys)} is required")
+        return False
 
     def build(self, cls: type, values: dict[str, Any]) -> Any:
         """`cls(**values)` unless something was bad or a required field is missing."""
@@ -316,7 +390,12 @@ class _Decoder:
         values = {
             "name": self.field(obj, path, "name", checks.object_name),
             "match": self.nested(obj, path, "match", self.route_match),
-            "cluster": self.field(obj, path, "cluster", checks.nonempty_string),
+            "cluster": self.field(obj, path, "cluster", checks.optional(checks.nonempty_string)),
+            "weighted_clusters": self.nested(
+                obj, path, "weighted_clusters", self.weighted_clusters
+            ),
+            "direct_response": self.nested(obj, path, "direct_response", self.direct_response),
+            "redirect": self.nested(obj, path, "redirect", self.redirect),
             "timeout": self.field(obj, path, "timeout", checks.duration()),
             "per_try_timeout": self.field(
                 obj, path, "per_try_timeout", checks.optional(checks.duration(positive=True))
@@ -326,7 +405,18 @@ class _Decoder:
             ),
             "filters": self.nested(obj, path, "filters", self.list_of(self.filter)),
             "retry_policy": self.nested(obj, path, "retry_policy", self.retry_policy),
+            "rewrite": self.nested(obj, path, "rewrite", self.rewrite),
+            "request_headers": self.nested(
+                obj, path, "request_headers", self.header_edits(request=True)
+            ),
+            "response_headers": self.nested(
+                obj, path, "response_headers", self.header_edits(request=False)
+            ),
+            "mirrors": self.nested(obj, path, "mirrors", self.mirrors),
         }
+        ok = self.route_action(obj, path)
+        ok &= self.needs_prefix_match(obj, path, "rewrite", "prefix")
+        ok &= self.needs_prefix_match(obj, path, "redirect", "prefix_rewrite")
         timeout = values["timeout"]
         if timeout is _ABSENT:
             timeout = _default(Route, "timeout")
@@ -336,8 +426,212 @@ class _Decoder:
                 field_path(path, "per_try_timeout"),
                 f"{format_duration(per_try)} exceeds the route timeout {format_duration(timeout)}",
             )
+            ok = False
+        return self.build(Route, values) if ok else _BAD
+
+    def route_action(self, obj: Mapping[str, Any], path: str) -> bool:
+        """Exactly one action; the fields that need a cluster only with a forwarding one."""
+        given = [key for key in _ACTIONS if _given(obj, key)]
+        if not given and isinstance(obj.get("weighted_clusters"), (list, tuple)):
+            self.report(
+                field_path(path, "weighted_clusters"), "at least one weighted cluster is required"
+            )
+            return False
+        if len(given) != 1:
+            got = f" (got {' and '.join(map(repr, given))})" if given else ""
+            self.report(path, f"exactly one of {_one_of(_ACTIONS)} is required{got}")
+            return False
+        (action,) = given
+        if action in _FORWARDING:
+            return True
+        misplaced = [key for key in _FORWARDING_ONLY if _given(obj, key)]
+        for key in misplaced:
+            self.report(
+                field_path(path, key),
+                f"only allowed on routes that forward to a cluster ('cluster' or "
+                f"'weighted_clusters'); this route answers with {action!r}",
+            )
+        return not misplaced
+
+    def needs_prefix_match(self, obj: Mapping[str, Any], path: str, key: str, sub: str) -> bool:
+        """`obj[key][sub]` replaces the matched prefix, so the match must be a path prefix."""
+        section = obj.get(key)
+        if not isinstance(section, Mapping) or section.get(sub) is None:
+            return True
+        kind = _path_kind(obj.get("match"))
+        if kind in (None, "prefix"):
+            return True
+        self.report(
+            field_path(field_path(path, key), sub),
+            f"needs a 'path: {{prefix: ...}}' match to replace (this route matches "
+            f"'path: {{{kind}: ...}}')",
+        )
+        return False
+
+    def weighted_clusters(self, value: object, path: str) -> Any:
+        built = self.list_of(self.weighted_cluster)(value, path)
+        if built is _BAD or not built:
+            return built  # an empty list is reported by route_action when it matters
+        ok = self.distinct([entry.name for entry in built], path, "cluster", "name")
+        if not sum(entry.weight for entry in built):
+            self.report(path, "the weights add up to 0: give at least one cluster a weight above 0")
+            ok = False
+        return built if ok else _BAD
+
+    def weighted_cluster(self, value: object, path: str) -> Any:
+        obj = self.shape(value, path, WeightedCluster)
+        if obj is None:
             return _BAD
-        return self.build(Route, values)
+        return self.build(
+            WeightedCluster,
+            {
+                "name": self.field(obj, path, "name", checks.nonempty_string),
+                "weight": self.field(obj, path, "weight", checks.integer(0, 10000)),
+            },
+        )
+
+    def mirrors(self, value: object, path: str) -> Any:
+        built = self.list_of(self.mirror)(value, path)
+        if built is _BAD:
+            return _BAD
+        ok = self.distinct([entry.cluster for entry in built], path, "cluster", "cluster")
+        return built if ok else _BAD
+
+    def mirror(self, value: object, path: str) -> Any:
+        obj = self.shape(value, path, Mirror)
+        if obj is None:
+            return _BAD
+        return self.build(
+            Mirror,
+            {
+                "cluster": self.field(obj, path, "cluster", checks.nonempty_string),
+                "percent": self.field(obj, path, "percent", checks.number(0, 100)),
+            },
+        )
+
+    def rewrite(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, Rewrite)
+        if obj is None:
+            return _BAD
+        values = {
+            "prefix": self.field(obj, path, "prefix", checks.optional(checks.http_path)),
+            "regex": self.field(obj, path, "regex", checks.optional(checks.regex)),
+            "substitution": self.field(obj, path, "substitution", checks.optional(checks.string)),
+            "host": self.field(obj, path, "host", checks.optional(checks.authority)),
+            "auto_host": self.field(obj, path, "auto_host", checks.boolean),
+        }
+        ok = True
+        if _given(obj, "prefix") and _given(obj, "regex"):
+            self.report(path, "at most one of 'prefix' or 'regex' may be set")
+            ok = False
+        regex = values["regex"]
+        substitution = values["substitution"]
+        substitution_path = field_path(path, "substitution")
+        if _given(obj, "regex") and not _given(obj, "substitution"):
+            self.report(substitution_path, "required when 'regex' is set")
+            ok = False
+        elif _given(obj, "substitution") and not _given(obj, "regex"):
+            self.report(substitution_path, "only allowed together with 'regex'")
+            ok = False
+        elif isinstance(regex, str) and isinstance(substitution, str):
+            try:
+                checks.substitution(regex, substitution)
+            except ValueError as exc:
+                self.report(substitution_path, str(exc))
+                ok = False
+        if _given(obj, "host") and obj.get("auto_host") is True:
+            self.report(path, "at most one of 'host' or 'auto_host: true' may be set")
+            ok = False
+        return self.build(Rewrite, values) if ok else _BAD
+
+    def direct_response(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, DirectResponse)
+        if obj is None:
+            return _BAD
+        headers = self.list_of(self.header_value(checks.edited_header_name(request=False)))
+        values = {
+            "status": self.field(obj, path, "status", checks.integer(200, 599)),
+            "body": self.field(obj, path, "body", checks.string),
+            "headers": self.nested(obj, path, "headers", headers),
+        }
+        status = values["status"]
+        body = _effective(values, DirectResponse, "body")
+        if status in _BODYLESS_STATUSES and isinstance(body, str) and body:
+            self.report(field_path(path, "body"), f"must be empty for status {status}")
+            return _BAD
+        return self.build(DirectResponse, values)
+
+    def redirect(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, Redirect)
+        if obj is None:
+            return _BAD
+        target = checks.optional(checks.http_path)
+        values = {
+            "code": self.field(obj, path, "code", checks.int_one_of(_REDIRECT_CODES)),
+            "scheme": self.field(obj, path, "scheme", checks.optional(checks.one_of(_SCHEMES))),
+            "host": self.field(obj, path, "host", checks.optional(checks.uri_host)),
+            "port": self.field(obj, path, "port", checks.optional(checks.integer(1, 65535))),
+            "path": self.field(obj, path, "path", target),
+            "prefix_rewrite": self.field(obj, path, "prefix_rewrite", target),
+            "strip_query": self.field(obj, path, "strip_query", checks.boolean),
+        }
+        ok = True
+        if _given(obj, "path") and _given(obj, "prefix_rewrite"):
+            self.report(path, "at most one of 'path' or 'prefix_rewrite' may be set")
+            ok = False
+        if not any(_given(obj, key) for key in _REDIRECT_TARGETS) and not obj.get("strip_query"):
+            self.report(
+                path,
+                "redirects to the request's own URL: set at least one of "
+                f"{_one_of([*_REDIRECT_TARGETS, 'strip_query: true'])}",
+            )
+            ok = False
+        return self.build(Redirect, values) if ok else _BAD
+
+    def header_edits(self, *, request: bool) -> Build:
+        name = checks.edited_header_name(request=request)
+
+        def build(value: object, path: str) -> Any:
+            obj = self.shape(value, path, HeaderEdits)
+            if obj is None:
+                return _BAD
+            values = {
+                "remove": self.nested(obj, path, "remove", self.list_of(self.checked(name))),
+                "set": self.nested(obj, path, "set", self.list_of(self.header_value(name))),
+                "add": self.nested(obj, path, "add", self.list_of(self.header_value(name))),
+            }
+            ok = True
+            if values["remove"] not in (_ABSENT, _BAD):
+                ok &= self.distinct(list(values["remove"]), field_path(path, "remove"), "header")
+            if values["set"] not in (_ABSENT, _BAD):
+                names = [header.name for header in values["set"]]
+                ok &= self.distinct(names, field_path(path, "set"), "header", "name", "set")
+            return self.build(HeaderEdits, values) if ok else _BAD
+
+        return build
+
+    def header_value(self, name: checks.Check) -> Build:
+        """Builder for a `{name, value}` header to send, its name checked by `name`."""
+
+        def build(value: object, path: str) -> Any:
+            obj = self.shape(value, path, HeaderValue)
+            if obj is None:
+                return _BAD
+            return self.build(
+                HeaderValue,
+                {
+                    "name": self.field(obj, path, "name", name),
+                    "value": self.field(obj, path, "value", checks.header_value),
+                },
+            )
+
+        return build
 
     def retry_policy(self, value: object, path: str) -> Any:
         if value is None:
@@ -405,7 +699,9 @@ class _Decoder:
         )
         values = {"hosts": self.nested(obj, path, "hosts", hosts)}
         paths = self.nested(obj, path, "path", self.path_match)
+        values["methods"] = self.nested(obj, path, "methods", self.methods)
         values["headers"] = self.nested(obj, path, "headers", self.list_of(self.header_match))
+        values["query"] = self.nested(obj, path, "query", self.list_of(self.query_match))
         if paths is _BAD:
             return _BAD
         if paths is not _ABSENT:
@@ -418,28 +714,52 @@ class _Decoder:
             return _BAD
         given = [key for key in _PATH_FIELDS if key in obj]
         if len(given) != 1:
-            self.report(path, "exactly one of 'exact' or 'prefix' is required")
+            self.report(path, f"exactly one of {_one_of(_PATH_FIELDS)} is required")
             return _BAD
         (kind,) = given
-        checked = self.field(obj, path, kind, checks.http_path)
+        check = checks.regex if kind == "regex" else checks.http_path
+        checked = self.field(obj, path, kind, check)
         if checked is _BAD:
             return _BAD
-        return {
-            "path_exact": checked if kind == "exact" else None,
-            "path_prefix": checked if kind == "prefix" else None,
-        }
+        return {f"path_{key}": checked if key == kind else None for key in _PATH_FIELDS}
+
+    def methods(self, value: object, path: str) -> Any:
+        built = self.list_of(self.checked(checks.method))(value, path)
+        if built is _BAD:
+            return _BAD
+        return built if self.distinct(list(built), path, "method") else _BAD
 
     def header_match(self, value: object, path: str) -> Any:
         obj = self.shape(value, path, HeaderMatch)
         if obj is None:
             return _BAD
-        return self.build(
-            HeaderMatch,
-            {
-                "name": self.field(obj, path, "name", checks.header_name),
-                "equals": self.field(obj, path, "equals", checks.header_value),
-            },
-        )
+        absent_hint = "; to match requests without the header, use 'present: true, invert: true'"
+        values = {
+            "name": self.field(obj, path, "name", checks.header_name),
+            "exact": self.field(obj, path, "exact", checks.optional(checks.header_value)),
+            "regex": self.field(obj, path, "regex", checks.optional(checks.regex)),
+            "present": self.field(
+                obj, path, "present", checks.optional(checks.present(absent_hint))
+            ),
+            "invert": self.field(obj, path, "invert", checks.boolean),
+        }
+        if not self.exactly_one(obj, path, _CONDITIONS):
+            return _BAD
+        return self.build(HeaderMatch, values)
+
+    def query_match(self, value: object, path: str) -> Any:
+        obj = self.shape(value, path, QueryMatch)
+        if obj is None:
+            return _BAD
+        values = {
+            "name": self.field(obj, path, "name", checks.nonempty_string),
+            "exact": self.field(obj, path, "exact", checks.optional(checks.string)),
+            "regex": self.field(obj, path, "regex", checks.optional(checks.regex)),
+            "present": self.field(obj, path, "present", checks.optional(checks.present())),
+        }
+        if not self.exactly_one(obj, path, _CONDITIONS):
+            return _BAD
+        return self.build(QueryMatch, values)
 
     def filter(self, value: object, path: str) -> Any:
         obj = self.shape(value, path, FilterSpec)
@@ -454,10 +774,15 @@ class _Decoder:
         )
 
     def cluster(self, value: object, path: str) -> Any:
-        obj = self.shape(value, path, Cluster)
+        # With discovery, endpoints may come later: the static list may be empty or left out.
+        discovered = isinstance(value, Mapping) and value.get("discovery") is not None
+        required = [name for name in _required(Cluster) if not discovered or name != "endpoints"]
+        obj = self.mapping(value, path, [f.name for f in fields(Cluster)], required)
         if obj is None:
             return _BAD
-        endpoints = self.list_of(self.endpoint, nonempty="at least one endpoint is required")
+        endpoints = self.list_of(
+            self.endpoint, nonempty=None if discovered else "at least one endpoint is required"
+        )
         values = {
             "name": self.field(obj, path, "name", checks.object_name),
             "endpoints": self.nested(obj, path, "endpoints", endpoints),
@@ -476,7 +801,13 @@ class _Decoder:
             "outlier_detection": self.nested(
                 obj, path, "outlier_detection", self.outlier_detection
             ),
+            "overprovisioning_factor": self.field(
+                obj, path, "overprovisioning_factor", checks.number(1)
+            ),
+            "discovery": self.nested(obj, path, "discovery", self.discovery),
         }
+        if discovered and values["endpoints"] is _ABSENT:
+            values["endpoints"] = ()
         ok = True
         if values["endpoints"] not in (_ABSENT, _BAD) and not self.distinct_endpoints(
             values["endpoints"], field_path(path, "endpoints")
@@ -496,6 +827,28 @@ class _Decoder:
                 )
                 ok = False
         return self.build(Cluster, values) if ok else _BAD
+
+    def discovery(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, Discovery)
+        if obj is None:
+            return _BAD
+        values = {
+            "type": self.field(obj, path, "type", checks.one_of(_DISCOVERY_TYPES)),
+            "path": self.field(obj, path, "path", checks.optional(checks.nonempty_string)),
+            "interval": self.field(obj, path, "interval", checks.duration(positive=True)),
+        }
+        kind = values["type"]
+        if kind == "file" and not _given(obj, "path"):
+            self.report(field_path(path, "path"), "required when type is 'file'")
+            return _BAD
+        if kind not in ("file", _BAD, _ABSENT) and _given(obj, "path"):
+            self.report(
+                field_path(path, "path"), f"only allowed when type is 'file' (type is {kind!r})"
+            )
+            return _BAD
+        return self.build(Discovery, values)
 
     def hash_key(self, value: object, path: str) -> Any:
         if value is None:
@@ -612,6 +965,10 @@ class _Decoder:
                 "address": self.field(obj, path, "address", checks.endpoint_address),
                 "port": self.field(obj, path, "port", checks.integer(1, 65535)),
                 "weight": self.field(obj, path, "weight", checks.integer(1)),
+                "priority": self.field(obj, path, "priority", checks.integer(0, 7)),
+                "locality": self.field(
+                    obj, path, "locality", checks.optional(checks.nonempty_string)
+                ),
             },
         )
 
@@ -626,7 +983,12 @@ def _outline(key: str, item: object) -> Outline:
         return Outline(name=None)
     name = _readable(checks.object_name, item.get("name"))
     if key == "routes":
-        return Outline(name, cluster=_readable(checks.nonempty_string, item.get("cluster")))
+        return Outline(
+            name,
+            cluster=_readable(checks.nonempty_string, item.get("cluster")),
+            weighted_clusters=_references(item.get("weighted_clusters"), "name"),
+            mirrors=_references(item.get("mirrors"), "cluster"),
+        )
     if key == "listeners":
         routes = item.get("routes")
         return Outline(
@@ -640,6 +1002,16 @@ def _outline(key: str, item: object) -> Outline:
             port=_readable(checks.integer(0, 65535), item.get("port")),
         )
     return Outline(name)
+
+
+def _references(items: object, key: str) -> tuple[str | None, ...]:
+    """The cluster names in field `key` of each raw list item, None where unreadable."""
+    if not isinstance(items, (list, tuple)):
+        return ()
+    return tuple(
+        _readable(checks.nonempty_string, item.get(key)) if isinstance(item, Mapping) else None
+        for item in items
+    )
 
 
 def _readable(check: checks.Check, value: object) -> Any:

@@ -13,7 +13,8 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     """Plain dicts and lists with every field spelled out, defaults included.
 
     Durations are float seconds and sizes int bytes, so `load_config(config_to_dict(c)) == c`
-    and the result is ready for `canonical_json`.
+    and the result is ready for `canonical_json`. Unset optional fields appear as null and
+    unset lists as [] (a route's other actions, a cluster's `endpoints` under discovery).
     """
     return _plain(config)
 
@@ -31,9 +32,17 @@ def _plain(value: Any) -> Any:
 
 
 def _route_match(match: RouteMatch) -> dict[str, Any]:
-    # The document nests the path kind; the model flattens it into two fields.
-    if match.path_exact is not None:
+    # The document nests the path kind; the model flattens it into three fields.
+    if match.path_regex is not None:
+        path = {"regex": match.path_regex}
+    elif match.path_exact is not None:
         path = {"exact": match.path_exact}
     else:
         path = {"prefix": match.path_prefix}
-    return {"hosts": list(match.hosts), "path": path, "headers": _plain(match.headers)}
+    return {
+        "hosts": list(match.hosts),
+        "path": path,
+        "methods": list(match.methods),
+        "headers": _plain(match.headers),
+        "query": _plain(match.query),
+    }

@@ -24,6 +24,8 @@ class Outline:
 
     name: str | None
     cluster: str | None = None  # routes only
+    weighted_clusters: tuple[str | None, ...] = ()  # routes only; cluster names
+    mirrors: tuple[str | None, ...] = ()  # routes only; cluster names
     routes: tuple[str | None, ...] | None = None  # listeners only; None = all routes
     address: str | None = None  # listeners only
     port: int | None = None  # listeners only
@@ -40,9 +42,7 @@ def graph_issues(
         issues.append(ConfigIssue("spec.listeners", "at least one listener is required"))
     cluster_names = [c.name for c in clusters if c.name is not None]
     for index, route in enumerate(routes):
-        if route.cluster is not None and route.cluster not in cluster_names:
-            path = f"{item_path('spec.routes', index)}.cluster"
-            issues.append(ConfigIssue(path, _unknown("cluster", route.cluster, cluster_names)))
+        issues += _cluster_refs(item_path("spec.routes", index), route, cluster_names)
     route_names = [r.name for r in routes if r.name is not None]
     for index, listener in enumerate(listeners):
         issues += _route_refs(item_path("spec.listeners", index), listener, route_names)
@@ -67,6 +67,22 @@ def _duplicate_names(path: str, kind: str, section: Sequence[Outline]) -> list[C
         else:
             first[name] = index
     return issues
+
+
+def _cluster_refs(path: str, route: Outline, cluster_names: list[str]) -> list[ConfigIssue]:
+    refs = [(f"{path}.cluster", route.cluster)]
+    refs += [
+        (f"{item_path(f'{path}.weighted_clusters', i)}.name", name)
+        for i, name in enumerate(route.weighted_clusters)
+    ]
+    refs += [
+        (f"{item_path(f'{path}.mirrors', i)}.cluster", name) for i, name in enumerate(route.mirrors)
+    ]
+    return [
+        ConfigIssue(where, _unknown("cluster", name, cluster_names))
+        for where, name in refs
+        if name is not None and name not in cluster_names
+    ]
 
 
 def _route_refs(path: str, listener: Outline, route_names: list[str]) -> list[ConfigIssue]:

@@ -6,11 +6,14 @@ Everything that can fail (filter factories) is built before anything is touched.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from omnirelay._core import Cluster as CoreCluster
-from omnirelay._core import ListenerState, RouteEntry, RouteTable
+from omnirelay._core import HeaderEdits, ListenerState, RouteEntry, RouteTable
 from omnirelay.config import Config
+from omnirelay.config.model import Endpoint, Route
+from omnirelay.config.model import HeaderEdits as HeaderEditsSpec
 from omnirelay.filters.registry import build_chain, build_factory
 
 
@@ -23,6 +26,8 @@ class BuiltConfig:
 class TableBuilder:
     def __init__(self) -> None:
         self.clusters: dict[str, CoreCluster] = {}
+        # Endpoints a discovery feed set, by cluster: they outlive config reloads.
+        self.discovered: dict[str, tuple[Endpoint, ...]] = {}
 
     def build(self, config: Config) -> BuiltConfig:
         spec = config.spec
@@ -42,7 +47,12 @@ class TableBuilder:
             core.idle_timeout = c.idle_timeout if c.idle_timeout > 0 else 1e12
             core.max_idle = c.max_idle_per_endpoint
             core.buffer_limit = c.buffer_limit
-            core.set_endpoints([(e.address, e.port, e.weight) for e in c.endpoints])
+            core.set_overprovisioning(c.overprovisioning_factor)
+            discovered = self.discovered.get(c.name)
+            if c.discovery is None or discovered is None:
+                # A discovery-fed cluster keeps what its feed said across reloads.
+                self.discovered.pop(c.name, None)
+                core.set_endpoints(_endpoint_specs(c.endpoints))
             hk = c.hash_key
             core.set_lb(c.lb_policy, hk.header if hk else None, bool(hk and hk.source_ip))
             cb = c.circuit_breakers
@@ -54,29 +64,20 @@ class TableBuilder:
             else:
                 core.set_outlier_detection(od.consecutive_5xx, od.consecutive_gateway_failure,
                                            od.base_ejection_time, od.max_ejection_time,
-                                           od.max_ejection_percent)
+                                           od.max_ejection_percent, od.interval)
             clusters[c.name] = core
         for name, old in self.clusters.items():
             if name not in clusters:
                 old.close_idle()
+                self.discovered.pop(name, None)
         self.clusters = clusters
         listeners = {}
         for lst in spec.listeners:
             entries = []
             for r in config.routes_for(lst):
                 factories = listener_filters[lst.name] + route_filters[r.name]
-                m = r.match
-                entries.append(RouteEntry(
-                    r.name, clusters[r.cluster],
-                    timeout=r.timeout,
-                    per_try_timeout=r.per_try_timeout or 0.0,
-                    max_request_body=-1 if r.max_request_body is None else r.max_request_body,
-                    chain=build_chain(factories) if factories else None,
-                    hosts=m.hosts,
-                    path=(m.path_exact if m.path_exact is not None else m.path_prefix).encode(),
-                    path_exact=m.path_exact is not None,
-                    headers=[(h.name, h.equals) for h in m.headers],
-                    **_retry_args(r.retry_policy)))
+                entries.append(_route_entry(
+                    r, clusters, build_chain(factories) if factories else None))
             listeners[lst.name] = ListenerState(
                 lst.name, RouteTable(entries), via=lst.via,
                 xff_trusted_hops=lst.xff_trusted_hops, max_header_bytes=lst.max_header_bytes,
@@ -84,6 +85,14 @@ class TableBuilder:
                 request_timeout=lst.request_timeout if lst.request_timeout > 0 else 1e12,
                 buffer_limit=lst.buffer_limit)
         return BuiltConfig(config, listeners)
+
+    def update_endpoints(self, cluster: str, endpoints: Sequence[Endpoint]) -> None:
+        """Replace a live cluster's endpoints (from a discovery feed); pooled
+        connections and health/ejection state of endpoints that stay are kept."""
+        core = self.clusters[cluster]
+        endpoints = tuple(endpoints)
+        core.set_endpoints(_endpoint_specs(endpoints))
+        self.discovered[cluster] = endpoints
 
     def sweep(self, now: float) -> None:
         for c in self.clusters.values():
@@ -98,3 +107,62 @@ def _retry_args(rp) -> dict:
             "retry_base_interval": rp.base_interval, "retry_max_interval": rp.max_interval,
             "retry_budget_percent": rp.budget_percent,
             "retry_min_concurrency": rp.min_retry_concurrency}
+
+
+def _endpoint_specs(endpoints: Sequence[Endpoint]) -> list[tuple]:
+    return [(e.address, e.port, e.weight, e.priority, e.locality) for e in endpoints]
+
+
+def _edits(spec: HeaderEditsSpec) -> HeaderEdits:
+    return HeaderEdits(spec.remove, [(h.name, h.value) for h in spec.set],
+                       [(h.name, h.value) for h in spec.add])
+
+
+def _route_entry(r: Route, clusters: dict[str, CoreCluster], chain) -> RouteEntry:
+    m = r.match
+    if m.path_regex is not None:
+        path, path_kind = m.path_regex, "regex"
+    elif m.path_exact is not None:
+        path, path_kind = m.path_exact, "exact"
+    else:
+        path, path_kind = m.path_prefix, "prefix"
+    headers = []
+    for h in m.headers:
+        kind = "exact" if h.exact is not None else "regex" if h.regex is not None else "present"
+        headers.append((h.name, kind, h.exact if h.exact is not None else h.regex, h.invert))
+    query = []
+    for q in m.query:
+        kind = "exact" if q.exact is not None else "regex" if q.regex is not None else "present"
+        query.append((q.name, kind, q.exact if q.exact is not None else q.regex))
+    action: dict = {}
+    if r.direct_response is not None:
+        d = r.direct_response
+        action["direct"] = (d.status, d.body.encode(), [(h.name, h.value) for h in d.headers])
+    elif r.redirect is not None:
+        rd = r.redirect
+        action["redirect"] = {"code": rd.code, "scheme": rd.scheme, "host": rd.host,
+                              "port": rd.port, "path": rd.path,
+                              "prefix_rewrite": rd.prefix_rewrite, "strip_query": rd.strip_query}
+    elif r.weighted_clusters:
+        action["weighted"] = [(clusters[w.name], w.weight) for w in r.weighted_clusters
+                              if w.weight > 0]
+    else:
+        action["cluster"] = clusters[r.cluster]
+    rw = r.rewrite
+    return RouteEntry(
+        r.name, **action,
+        timeout=r.timeout,
+        per_try_timeout=r.per_try_timeout or 0.0,
+        max_request_body=-1 if r.max_request_body is None else r.max_request_body,
+        chain=chain,
+        hosts=m.hosts, path=path, path_kind=path_kind, methods=m.methods,
+        headers=headers, query=query,
+        prefix_rewrite=rw.prefix if rw else None,
+        regex_rewrite=rw.regex if rw else None,
+        regex_substitution=rw.substitution if rw else None,
+        host_rewrite=rw.host if rw else None,
+        auto_host=bool(rw and rw.auto_host),
+        request_edits=_edits(r.request_headers),
+        response_edits=_edits(r.response_headers),
+        mirrors=[(clusters[mi.cluster], mi.percent) for mi in r.mirrors],
+        **_retry_args(r.retry_policy))

@@ -144,7 +144,7 @@ def test_defaults(doc: dict) -> None:
 def test_normalization(doc: dict) -> None:
     doc["spec"]["routes"][0]["match"] = {
         "hosts": ["API.Example.COM", "*.Example.com:8443", "[::1]:8080", "10.0.0.1"],
-        "headers": [{"name": "X-Env", "equals": "Canary"}],
+        "headers": [{"name": "X-Env", "exact": "Canary"}],
     }
     doc["spec"]["routes"][0]["timeout"] = "1m30s"
     doc["spec"]["routes"][0]["max_request_body"] = "10KB"

@@ -14,24 +14,34 @@ from omnirelay.config import (
     CircuitBreakers,
     Cluster,
     Config,
+    DirectResponse,
+    Discovery,
     Endpoint,
     FilterSpec,
     FrozenDict,
     HashKey,
+    HeaderEdits,
     HeaderMatch,
+    HeaderValue,
     Listener,
     Metadata,
+    Mirror,
     OutlierDetection,
+    QueryMatch,
+    Redirect,
     RetryPolicy,
+    Rewrite,
     Rollout,
     Route,
     RouteMatch,
     Spec,
+    WeightedCluster,
     canonical_json,
     config_to_dict,
     load_config,
 )
 from omnirelay.config import HealthCheck as HealthCheckConfig
+from omnirelay.config.checks import MANAGED_HEADERS
 
 # -- leaf values ---------------------------------------------------------------------------------
 
@@ -57,10 +67,22 @@ host_patterns = st.one_of(
     st.builds(lambda h, p: f"*.{h}" + (p or ""), dns_names, _port_suffix),
     st.builds(lambda h, p: f"[{h}]" + (p or ""), ipv6, _port_suffix),
 )
+authorities = st.builds(
+    lambda h, p: h + (p or ""), dns_names | ipv4 | ipv6.map(lambda a: f"[{a}]"), _port_suffix
+)
 _path_chars = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in "?#")
 paths = st.text(_path_chars, max_size=20).map(lambda p: "/" + p)
 header_names = st.from_regex(r"[!#$%&'*+.^_`|~0-9a-z-]{1,12}", fullmatch=True)
 header_values = st.from_regex(r"([!-~]([ \t!-~]{0,10}[!-~])?)?", fullmatch=True)
+edited_header_names = header_names.filter(lambda name: name not in MANAGED_HEADERS)
+regexes = st.sampled_from(
+    [r"/a/(\d+)", r"^/v[12]/.*$", r"(?i)/x", r"[a-z]+", r".*", r"(?P<id>\w+)"]
+)
+http_methods = st.lists(
+    st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PURGE"]),
+    unique=True,
+    max_size=3,
+).map(tuple)
 free_text = st.text(max_size=12)
 
 json_values = st.recursive(
@@ -109,8 +131,19 @@ rollouts = st.none() | st.builds(
 )
 
 endpoints = st.builds(
-    Endpoint, address=ipv4 | ipv6 | dns_names, port=ports, weight=st.integers(1, 1000)
+    Endpoint,
+    address=ipv4 | ipv6 | dns_names,
+    port=ports,
+    weight=st.integers(1, 1000),
+    priority=st.integers(0, 7),
+    locality=st.none() | st.text(min_size=1, max_size=12),
 )
+discoveries = st.builds(
+    Discovery,
+    type=st.just("file"),
+    path=st.text(min_size=1, max_size=12),
+    interval=positive_seconds,
+) | st.builds(Discovery, type=st.just("api"), interval=positive_seconds)
 
 
 statuses = st.integers(100, 599)
@@ -176,7 +209,10 @@ def clusters(draw: st.DrawFn, name: str) -> Cluster:
     lb_policy = draw(
         st.sampled_from(["round_robin", "least_request", "random", "ring_hash", "maglev"])
     )
+    discovery = draw(st.none() | discoveries)
     return Cluster(
+        overprovisioning_factor=draw(st.floats(1, 1e6) | st.integers(1, 10).map(float)),
+        discovery=discovery,
         lb_policy=lb_policy,
         hash_key=draw(hash_keys) if lb_policy in ("ring_hash", "maglev") else None,
         health_check=draw(st.none() | health_checks()),
@@ -187,7 +223,7 @@ def clusters(draw: st.DrawFn, name: str) -> Cluster:
             draw(
                 st.lists(
                     endpoints,
-                    min_size=1,
+                    min_size=0 if discovery else 1,
                     max_size=4,
                     unique_by=lambda e: (e.address.lower(), e.port),
                 )
@@ -200,17 +236,90 @@ def clusters(draw: st.DrawFn, name: str) -> Cluster:
     )
 
 
+header_matches = st.one_of(
+    st.builds(HeaderMatch, header_names, exact=header_values, invert=st.booleans()),
+    st.builds(HeaderMatch, header_names, regex=regexes, invert=st.booleans()),
+    st.builds(HeaderMatch, header_names, present=st.just(True), invert=st.booleans()),
+)
+query_matches = st.one_of(
+    st.builds(QueryMatch, free_text.filter(bool), exact=free_text),
+    st.builds(QueryMatch, free_text.filter(bool), regex=regexes),
+    st.builds(QueryMatch, free_text.filter(bool), present=st.just(True)),
+)
+header_lists = st.lists(st.builds(HeaderValue, edited_header_names, header_values), max_size=2)
+
+
+@st.composite
+def header_edits(draw: st.DrawFn) -> HeaderEdits:
+    return HeaderEdits(
+        remove=tuple(draw(st.lists(edited_header_names, unique=True, max_size=2))),
+        set=tuple(draw(header_lists.filter(lambda hs: len({h.name for h in hs}) == len(hs)))),
+        add=tuple(draw(header_lists)),
+    )
+
+
 @st.composite
 def route_matches(draw: st.DrawFn) -> RouteMatch:
-    path = draw(paths)
-    exact = draw(st.booleans())
+    kind = draw(st.sampled_from(["exact", "prefix", "regex"]))
+    path = draw(regexes if kind == "regex" else paths)
     return RouteMatch(
         hosts=tuple(draw(st.lists(host_patterns, min_size=1, max_size=3))),
-        path_exact=path if exact else None,
-        path_prefix=None if exact else path,
-        headers=tuple(
-            draw(st.lists(st.builds(HeaderMatch, header_names, header_values), max_size=2))
-        ),
+        path_exact=path if kind == "exact" else None,
+        path_prefix=path if kind == "prefix" else None,
+        path_regex=path if kind == "regex" else None,
+        methods=draw(http_methods),
+        headers=tuple(draw(st.lists(header_matches, max_size=2))),
+        query=tuple(draw(st.lists(query_matches, max_size=2))),
+    )
+
+
+@st.composite
+def rewrites(draw: st.DrawFn, prefix_match: bool) -> Rewrite:
+    path_kind = draw(
+        st.sampled_from(["prefix", "regex", None] if prefix_match else ["regex", None])
+    )
+    regex = draw(regexes) if path_kind == "regex" else None
+    host_kind = draw(st.sampled_from(["host", "auto", None]))
+    return Rewrite(
+        prefix=draw(paths) if path_kind == "prefix" else None,
+        regex=regex,
+        substitution=draw(st.sampled_from(["/", r"/b/\g<0>", ""])) if regex else None,
+        host=draw(authorities) if host_kind == "host" else None,
+        auto_host=host_kind == "auto",
+    )
+
+
+@st.composite
+def redirects(draw: st.DrawFn, prefix_match: bool) -> Redirect:
+    path_kind = draw(st.sampled_from(["path", "prefix", None] if prefix_match else ["path", None]))
+    redirect = Redirect(
+        code=draw(st.sampled_from([301, 302, 303, 307, 308])),
+        scheme=draw(st.none() | st.sampled_from(["http", "https"])),
+        host=draw(st.none() | dns_names | ipv4 | ipv6.map(lambda a: f"[{a}]")),
+        port=draw(st.none() | ports),
+        path=draw(paths) if path_kind == "path" else None,
+        prefix_rewrite=draw(paths) if path_kind == "prefix" else None,
+        strip_query=draw(st.booleans()),
+    )
+    targets = (
+        redirect.scheme,
+        redirect.host,
+        redirect.port,
+        redirect.path,
+        redirect.prefix_rewrite,
+    )
+    if all(target is None for target in targets) and not redirect.strip_query:
+        redirect = Redirect(redirect.code, strip_query=True)
+    return redirect
+
+
+@st.composite
+def direct_responses(draw: st.DrawFn) -> DirectResponse:
+    status = draw(st.integers(200, 599))
+    return DirectResponse(
+        status=status,
+        body="" if status in (204, 304) else draw(st.text(max_size=12)),
+        headers=tuple(draw(header_lists)),
     )
 
 
@@ -220,15 +329,37 @@ def routes(draw: st.DrawFn, name: str, cluster_names: list[str]) -> Route:
     per_try = draw(st.none() | positive_seconds)
     if per_try is not None and timeout > 0:
         per_try = min(per_try, timeout)
+    match = draw(route_matches())
+    prefix_match = match.path_prefix is not None
+    action = draw(st.sampled_from(["cluster", "weighted", "direct", "redirect"]))
+    forwarding = action in ("cluster", "weighted")
+    weighted = ()
+    if action == "weighted":
+        names = draw(st.lists(st.sampled_from(cluster_names), min_size=1, unique=True))
+        weights = draw(st.lists(st.integers(0, 10000), min_size=len(names), max_size=len(names)))
+        if not sum(weights):
+            weights[0] = 1
+        weighted = tuple(map(WeightedCluster, names, weights))
+    mirror_names = draw(st.lists(st.sampled_from(cluster_names), unique=True, max_size=2))
     return Route(
         name=name,
-        match=draw(route_matches()),
-        cluster=draw(st.sampled_from(cluster_names)),
+        match=match,
+        cluster=draw(st.sampled_from(cluster_names)) if action == "cluster" else None,
+        weighted_clusters=weighted,
+        direct_response=draw(direct_responses()) if action == "direct" else None,
+        redirect=draw(redirects(prefix_match)) if action == "redirect" else None,
         timeout=timeout,
-        per_try_timeout=per_try,
+        per_try_timeout=per_try if forwarding else None,
         max_request_body=draw(st.none() | sizes),
         filters=draw(filters),
-        retry_policy=draw(st.none() | retry_policies()),
+        retry_policy=draw(st.none() | retry_policies()) if forwarding else None,
+        rewrite=draw(st.none() | rewrites(prefix_match)) if forwarding else None,
+        request_headers=draw(header_edits()),
+        response_headers=draw(header_edits()),
+        mirrors=tuple(
+            Mirror(cluster, draw(st.floats(0, 100) | st.just(100.0)))
+            for cluster in (mirror_names if forwarding else ())
+        ),
     )
 
 
@@ -325,6 +456,22 @@ SHAPES = {
     "health check": lambda c: any(cl.health_check is not None for cl in c.spec.clusters),
     "outlier detection": lambda c: any(cl.outlier_detection for cl in c.spec.clusters),
     "retry policy": lambda c: any(r.retry_policy is not None for r in c.spec.routes),
+    "regex path": lambda c: any(r.match.path_regex is not None for r in c.spec.routes),
+    "methods": lambda c: any(r.match.methods for r in c.spec.routes),
+    "query": lambda c: any(r.match.query for r in c.spec.routes),
+    "weighted clusters": lambda c: any(r.weighted_clusters for r in c.spec.routes),
+    "direct response": lambda c: any(r.direct_response for r in c.spec.routes),
+    "redirect": lambda c: any(r.redirect for r in c.spec.routes),
+    "rewrite": lambda c: any(r.rewrite for r in c.spec.routes),
+    "mirrors": lambda c: any(r.mirrors for r in c.spec.routes),
+    "header edits": lambda c: any(r.request_headers.set for r in c.spec.routes),
+    "discovery": lambda c: any(cl.discovery for cl in c.spec.clusters),
+    "discovery without endpoints": lambda c: any(
+        cl.discovery and not cl.endpoints for cl in c.spec.clusters
+    ),
+    "endpoint priority": lambda c: any(
+        e.priority and e.locality for cl in c.spec.clusters for e in cl.endpoints
+    ),
 }
 
 

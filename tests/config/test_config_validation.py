@@ -63,9 +63,9 @@ UNKNOWN_FIELDS = [
     ),
     (
         lambda d: _route(d)["match"].__setitem__(
-            "headers", [{"name": "a", "equals": "b", "equal": "b"}]
+            "headers", [{"name": "a", "exact": "b", "exatc": "b"}]
         ),
-        "spec.routes[0].match.headers[0].equal: unknown field (did you mean 'equals'?)",
+        "spec.routes[0].match.headers[0].exatc: unknown field (did you mean 'exact'?)",
     ),
     (
         lambda d: _route(d).__setitem__("filters", [{"name": "a.b", "confg": {}}]),
@@ -89,11 +89,14 @@ UNKNOWN_FIELDS = [
     ),
     (
         lambda d: _route(d)["match"].__setitem__("x.y", 1),
-        'spec.routes[0].match["x.y"]: unknown field (allowed: hosts, path, headers)',
+        'spec.routes[0].match["x.y"]: unknown field (allowed: hosts, path, methods, headers, query)',
     ),
     (
         lambda d: _cluster(d)["endpoints"][0].__setitem__("zzz", 1),
-        "spec.clusters[0].endpoints[0].zzz: unknown field (allowed: address, port, weight)",
+        (
+            "spec.clusters[0].endpoints[0].zzz: unknown field "
+            "(allowed: address, port, weight, priority, locality)"
+        ),
     ),
     (
         lambda d: _listener(d).__setitem__(7, 1),
@@ -227,7 +230,15 @@ FIELD_RULES = [
         ["spec.listeners[0].routes[1]: must not be empty"],
     ),
     # routes
-    (lambda d: _route(d).pop("cluster"), ["spec.routes[0].cluster: missing required field"]),
+    (
+        lambda d: _route(d).pop("cluster"),
+        [
+            (
+                "spec.routes[0]: exactly one of 'cluster', 'weighted_clusters', "
+                "'direct_response' or 'redirect' is required"
+            )
+        ],
+    ),
     (lambda d: _route(d).pop("match"), ["spec.routes[0].match: missing required field"]),
     (
         lambda d: _route(d).__setitem__("timeout", True),
@@ -260,11 +271,11 @@ FIELD_RULES = [
     ),
     (
         lambda d: _route(d)["match"].__setitem__("path", {"exact": "/a", "prefix": "/b"}),
-        ["spec.routes[0].match.path: exactly one of 'exact' or 'prefix' is required"],
+        ["spec.routes[0].match.path: exactly one of 'exact', 'prefix' or 'regex' is required"],
     ),
     (
         lambda d: _route(d)["match"].__setitem__("path", {}),
-        ["spec.routes[0].match.path: exactly one of 'exact' or 'prefix' is required"],
+        ["spec.routes[0].match.path: exactly one of 'exact', 'prefix' or 'regex' is required"],
     ),
     (
         lambda d: _route(d)["match"].__setitem__("path", "/api/"),
@@ -327,33 +338,35 @@ FIELD_RULES = [
         ],
     ),
     (
-        lambda d: _route(d)["match"].__setitem__("headers", [{"name": "X Env", "equals": "a"}]),
+        lambda d: _route(d)["match"].__setitem__("headers", [{"name": "X Env", "exact": "a"}]),
         [
             "spec.routes[0].match.headers[0].name: invalid header name 'X Env': must be an RFC 9110 token"
         ],
     ),
     (
-        lambda d: _route(d)["match"].__setitem__("headers", [{"name": "x-a", "equals": "a\nb"}]),
+        lambda d: _route(d)["match"].__setitem__("headers", [{"name": "x-a", "exact": "a\nb"}]),
         [
             (
-                "spec.routes[0].match.headers[0].equals: invalid header value 'a\\nb': use "
+                "spec.routes[0].match.headers[0].exact: invalid header value 'a\\nb': use "
                 "printable ASCII, spaces and tabs"
             )
         ],
     ),
     (
-        lambda d: _route(d)["match"].__setitem__("headers", [{"name": "x-a", "equals": " a"}]),
+        lambda d: _route(d)["match"].__setitem__("headers", [{"name": "x-a", "exact": " a"}]),
         [
-            "spec.routes[0].match.headers[0].equals: invalid header value ' a': leading or trailing whitespace"
+            "spec.routes[0].match.headers[0].exact: invalid header value ' a': leading or trailing whitespace"
         ],
     ),
     (
-        lambda d: _route(d)["match"].__setitem__("headers", [{"name": "x-a", "equals": True}]),
-        ["spec.routes[0].match.headers[0].equals: expected string, got boolean (quote it)"],
+        lambda d: _route(d)["match"].__setitem__("headers", [{"name": "x-a", "exact": True}]),
+        ["spec.routes[0].match.headers[0].exact: expected string, got boolean (quote it)"],
     ),
     (
         lambda d: _route(d)["match"].__setitem__("headers", [{"name": "x-a"}]),
-        ["spec.routes[0].match.headers[0].equals: missing required field"],
+        [
+            "spec.routes[0].match.headers[0]: exactly one of 'exact', 'regex' or 'present' is required"
+        ],
     ),
     # filters
     (

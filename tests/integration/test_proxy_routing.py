@@ -17,7 +17,7 @@ ROUTES = [
     {"name": "health", "match": {"path": {"exact": "/healthz"}}, "cluster": "c"},
     {"name": "ipv6", "match": {"hosts": ["[::1]"], "path": {"prefix": "/ipv6"}}, "cluster": "c"},
     {"name": "canary", "match": {"path": {"prefix": "/v1/"},
-                                 "headers": [{"name": "X-Env", "equals": "canary"}]},
+                                 "headers": [{"name": "X-Env", "exact": "canary"}]},
      "cluster": "d"},
 ]
 

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from runtime_harness import config_doc, request, write_config
 
-TO_B = {"name": "to-b", "match": {"headers": [{"name": "x-upstream", "equals": "b"}]},
+TO_B = {"name": "to-b", "match": {"headers": [{"name": "x-upstream", "exact": "b"}]},
         "cluster": "b"}
 ALL_TO_A = {"name": "all", "match": {}, "cluster": "a"}
 
