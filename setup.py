@@ -68,7 +68,9 @@ def extensions():
     cflags = ["-O0", "-g"] if os.environ.get("OMNIRELAY_DEBUG") == "1" else ["-O2"]
     return [
         Extension("omnirelay_core." + os.path.basename(pyx)[:-4], [pyx],
-                  include_dirs=[LLHTTP_DIR, "omnirelay_core"], extra_compile_args=cflags)
+                  include_dirs=[LLHTTP_DIR, "omnirelay_core"], extra_compile_args=cflags,
+                  # HTTP/2 framing comes from the system libnghttp2 (libnghttp2-dev).
+                  libraries=["nghttp2"] if os.path.basename(pyx).startswith("http2") else [])
         for pyx in sorted(glob.glob(os.path.join("omnirelay_core", "*.pyx")))
     ]
 

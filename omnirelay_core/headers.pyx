@@ -272,6 +272,18 @@ cdef class HeaderMap:
                             PyBytes_FromStringAndSize(self.arena + e.value_off, e.value_len).decode("latin-1")))
         return out
 
+    def raw_items(self):
+        """(name, value) as bytes, in order."""
+        cdef list out = []
+        cdef Py_ssize_t i
+        cdef HeaderEntry* e
+        for i in range(self.count):
+            e = &self.entries[i]
+            if e.name_len >= 0:
+                out.append((PyBytes_FromStringAndSize(self.arena + e.name_off, e.name_len),
+                            PyBytes_FromStringAndSize(self.arena + e.value_off, e.value_len)))
+        return out
+
     def keys(self):
         return [k for k, _ in self.items()]
 

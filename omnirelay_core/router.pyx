@@ -44,7 +44,10 @@ cdef bytes _lower_bytes(const char* p, Py_ssize_t n):
 
 _RETRY_ON = {"5xx": RETRY_5XX, "gateway-error": RETRY_GATEWAY_ERROR,
              "connect-failure": RETRY_CONNECT_FAILURE, "reset": RETRY_RESET,
-             "retriable-status-codes": RETRY_STATUS_CODES}
+             "retriable-status-codes": RETRY_STATUS_CODES,
+             "cancelled": RETRY_GRPC_CANCELLED, "deadline-exceeded": RETRY_GRPC_DEADLINE_EXCEEDED,
+             "internal": RETRY_GRPC_INTERNAL, "resource-exhausted": RETRY_GRPC_RESOURCE_EXHAUSTED,
+             "unavailable": RETRY_GRPC_UNAVAILABLE}
 _MATCH_KINDS = {"exact": MATCH_EXACT, "regex": MATCH_REGEX, "present": MATCH_PRESENT}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

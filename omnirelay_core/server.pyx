@@ -4,6 +4,7 @@ import asyncio
 import socket
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.string cimport memcmp
 from omnirelay_core.includes.llhttp cimport *
 from omnirelay_core.connection cimport Connection, monotonic
 from omnirelay_core.http1 cimport Http1Parser, method_bytes
@@ -135,21 +136,12 @@ cdef class Http1Codec(DownstreamCodec):
         return 0
 
 
-cdef class Http1ServerConnection(Connection):
-    cdef Http1Parser parser
-    cdef ListenerRuntime listener
-    cdef Http1Codec codec
-    cdef HttpStream stream
-    cdef str peer
-    cdef bytes peer_bytes
-    cdef bint parse_paused
-    cdef bint in_parse
-    cdef bint tunnel
-    cdef bint close_after
-    cdef bint draining
-    cdef double request_started
+cdef bytes _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-    def connection_made(self, transport):
+
+cdef class ServerConnection(Connection):
+
+    cdef int register(self, object transport) except -1:
         Connection.connection_made(self, transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "unknown"
@@ -159,10 +151,56 @@ cdef class Http1ServerConnection(Connection):
         self.listener.stats.downstream_cx_total += 1
         self.listener.stats.downstream_cx_active += 1
         self.draining = self.listener.draining
+        return 0
+
+    cdef int sweep(self, double now) except -1:
+        return 0
+
+    cdef int start_drain(self) except -1:
+        return 0
+
+
+cdef class Http1ServerConnection(ServerConnection):
+    cdef Http1Parser parser
+    cdef Http1Codec codec
+    cdef HttpStream stream
+    cdef bint parse_paused
+    cdef bint in_parse
+    cdef bint tunnel
+    cdef bint close_after
+    cdef bint sniffed            # first bytes checked for the HTTP/2 preface
+    cdef double request_started
+
+    def connection_made(self, transport):
+        self.register(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            self._to_http2(b"")
+
+    def _to_http2(self, bytes initial):
+        # HTTP/2 by ALPN or by prior knowledge (the client preface): an
+        # HTTP/2 connection takes over the transport and these first bytes.
+        from omnirelay_core.http2 import take_over
+        self.sniffed = True
+        self.consumed_all()
+        self.listener.connections.discard(self)
+        take_over(self.listener, self.transport, self.peer, initial)
+        self.transport = None
+        self.closed = True
 
     cdef int data_ready(self) except -1:
         cdef size_t consumed
         cdef int err
+        cdef Py_ssize_t n
+        if not self.sniffed:
+            n = min(self.end - self.start, 24)
+            if memcmp((<char*>self.slab) + self.start, <const char*>_H2_PREFACE, n) != 0:
+                self.sniffed = True
+            elif n < 24:
+                return 0     # a prefix of the preface: wait for the rest
+            else:
+                self._to_http2(bytes(self.slab[self.start:self.end]))
+                return 0
         if self.tunnel:
             if self.stream is not None and self.end > self.start:
                 self.stream.on_request_tunnel_data((<char*>self.slab) + self.start, self.end - self.start)
@@ -386,17 +424,14 @@ cdef Http1ServerConnection _new_connection(ListenerRuntime lr):
 
 cdef class ListenerRuntime:
     """One listening socket of a worker and the connections it accepted. The
-    ListenerState reference is swapped on reload; connections read it per request."""
-    cdef public ListenerState state
-    cdef readonly set connections
-    cdef readonly Stats stats
-    cdef public object server
-    cdef public bint draining
+    ListenerState reference is swapped on reload; connections read it per request.
+    `ssl`: an SSLContext for TLS listeners (ALPN "h2" selects HTTP/2)."""
 
-    def __init__(self, ListenerState state):
+    def __init__(self, ListenerState state, ssl=None):
         self.state = state
         self.stats = state.stats
         self.connections = set()
+        self.ssl = ssl
 
     def protocol_factory(self):
         return _new_connection(self)
@@ -404,11 +439,12 @@ cdef class ListenerRuntime:
     async def start(self, str host, int port, *, bint reuse_port=False, sock=None, int backlog=1024):
         loop = asyncio.get_running_loop()
         if sock is not None:
-            self.server = await loop.create_server(self.protocol_factory, sock=sock, backlog=backlog)
+            self.server = await loop.create_server(self.protocol_factory, sock=sock,
+                                                   backlog=backlog, ssl=self.ssl)
         else:
             self.server = await loop.create_server(
                 self.protocol_factory, host, port, reuse_port=reuse_port or None,
-                reuse_address=True, backlog=backlog)
+                reuse_address=True, backlog=backlog, ssl=self.ssl)
         return self.server.sockets[0].getsockname()[:2]
 
     def swap(self, ListenerState state):
@@ -417,7 +453,7 @@ cdef class ListenerRuntime:
 
     def sweep(self, double now):
         for c in list(self.connections):
-            (<Http1ServerConnection>c).sweep(now)
+            (<ServerConnection>c).sweep(now)
 
     def stop_accepting(self):
         if self.server is not None:
@@ -428,11 +464,11 @@ cdef class ListenerRuntime:
         self.draining = True
         self.stop_accepting()
         for c in list(self.connections):
-            (<Http1ServerConnection>c).start_drain()
+            (<ServerConnection>c).start_drain()
 
     def abort_all(self):
         for c in list(self.connections):
-            (<Http1ServerConnection>c).abort()
+            (<ServerConnection>c).abort()
 
     @property
     def active_connections(self):

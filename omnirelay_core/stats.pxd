@@ -2,6 +2,8 @@
 cdef class Stats:
     cdef public long long downstream_cx_total
     cdef public long long downstream_cx_active
+    cdef public long long downstream_cx_http2_total
+    cdef public long long downstream_cx_http2_flood
     cdef public long long downstream_rq_total
     cdef public long long downstream_rq_active
     cdef public long long downstream_rq_1xx

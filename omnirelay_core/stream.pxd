@@ -24,6 +24,9 @@ cdef class ListenerState:
     cdef readonly Py_ssize_t buffer_limit
     cdef readonly bytes scheme
     cdef public Stats stats
+    cdef readonly unsigned int h2_max_concurrent_streams
+    cdef readonly unsigned int h2_initial_stream_window
+    cdef readonly unsigned int h2_initial_connection_window
 
 
 cdef class DownstreamCodec:
@@ -50,9 +53,12 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef readonly HeaderMap response_headers
     cdef public HeaderMap request_trailers
     cdef public HeaderMap response_trailers
-    cdef readonly bytes method
-    cdef readonly bytes target
-    cdef readonly int http_minor
+    cdef public int stream_id        # HTTP/2 stream id; 0 on HTTP/1.1
+    cdef readonly bint is_grpc
+    cdef double grpc_timeout         # from grpc-timeout; 0 = none
+    cdef public bytes method
+    cdef public bytes target
+    cdef public int http_minor
     cdef readonly int status
     cdef readonly str peer
     cdef bytes peer_bytes

@@ -14,7 +14,10 @@ from omnirelay_core.buffers cimport ByteBuilder
 from omnirelay_core.upstream cimport UpstreamCallbacks, UpstreamConnection, Endpoint, Cluster
 from omnirelay_core.router cimport (RouteEntry, RouteTable, RequestView, fill_view, RETRY_5XX,
                                     RETRY_GATEWAY_ERROR, RETRY_CONNECT_FAILURE, RETRY_RESET,
-                                    RETRY_STATUS_CODES, ACTION_WEIGHTED, ACTION_DIRECT,
+                                    RETRY_STATUS_CODES, RETRY_GRPC_CANCELLED,
+                                    RETRY_GRPC_DEADLINE_EXCEEDED, RETRY_GRPC_INTERNAL,
+                                    RETRY_GRPC_RESOURCE_EXHAUSTED, RETRY_GRPC_UNAVAILABLE,
+                                    RETRY_GRPC_ANY, ACTION_WEIGHTED, ACTION_DIRECT,
                                     ACTION_REDIRECT)
 from omnirelay_core.shadow cimport ShadowRequest, new_shadow
 from omnirelay_core.stats cimport Stats
@@ -79,11 +82,68 @@ cdef bytes _new_request_id():
 
 
 
+# ---- gRPC helpers ----
+_GRPC_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3,
+               ord("u"): 1e-6, ord("n"): 1e-9}
+_GRPC_RETRY_BITS = {b"1": RETRY_GRPC_CANCELLED, b"4": RETRY_GRPC_DEADLINE_EXCEEDED,
+                    b"13": RETRY_GRPC_INTERNAL, b"8": RETRY_GRPC_RESOURCE_EXHAUSTED,
+                    b"14": RETRY_GRPC_UNAVAILABLE}
+
+
+cdef double _grpc_timeout(bytes v):
+    # "TimeoutValue TimeoutUnit": at most 8 digits, then one of H M S m u n.
+    cdef Py_ssize_t n = len(v)
+    if 2 <= n <= 9 and v[:n - 1].isdigit() and v[n - 1] in _GRPC_UNITS:
+        return int(v[:n - 1]) * _GRPC_UNITS[v[n - 1]]
+    return 0.0
+
+
+cdef int _grpc_retry_bit(HeaderMap h):
+    cdef Py_ssize_t i = h.find(b"grpc-status", 11, 0)
+    if i < 0:
+        return 0
+    return _GRPC_RETRY_BITS.get(PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len), 0)
+
+
+cdef int _grpc_code(int status, str reason):
+    # HTTP status of a local reply -> gRPC status code (as Envoy maps them, with
+    # timeouts as DEADLINE_EXCEEDED).
+    if status == 504 or (reason and "timeout" in reason):
+        return 4            # DEADLINE_EXCEEDED
+    if status == 400:
+        return 13           # INTERNAL
+    if status == 401:
+        return 16           # UNAUTHENTICATED
+    if status == 403:
+        return 7            # PERMISSION_DENIED
+    if status == 404:
+        return 12           # UNIMPLEMENTED
+    if status == 413 or status == 431:
+        return 8            # RESOURCE_EXHAUSTED
+    if status == 429 or status == 502 or status == 503:
+        return 14           # UNAVAILABLE
+    return 2                # UNKNOWN
+
+
+cdef bytes _grpc_message(str text):
+    # grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2, "Responses").
+    cdef bytearray out = bytearray()
+    for c in text.encode("utf-8"):
+        if 0x20 <= c <= 0x7E and c != 0x25:
+            out.append(c)
+        else:
+            out += b"%%%02X" % c
+    return bytes(out)
+
+
 cdef class ListenerState:
     def __init__(self, str name, RouteTable routes, *, str via="omnirelay",
                  int xff_trusted_hops=0, Py_ssize_t max_header_bytes=65536,
                  double idle_timeout=300.0, double request_timeout=60.0,
-                 Py_ssize_t buffer_limit=1048576, str scheme="http", Stats stats=None):
+                 Py_ssize_t buffer_limit=1048576, str scheme="http", Stats stats=None,
+                 unsigned int h2_max_concurrent_streams=100,
+                 unsigned int h2_initial_stream_window=262144,
+                 unsigned int h2_initial_connection_window=1048576):
         self.name = name
         self.routes = routes
         self.via = via.encode("latin-1")
@@ -96,6 +156,9 @@ cdef class ListenerState:
         self.buffer_limit = buffer_limit
         self.scheme = scheme.encode()
         self.stats = stats if stats is not None else Stats()
+        self.h2_max_concurrent_streams = h2_max_concurrent_streams
+        self.h2_initial_stream_window = h2_initial_stream_window
+        self.h2_initial_connection_window = h2_initial_connection_window
 
 
 cdef class DownstreamCodec:
@@ -126,7 +189,7 @@ cdef tuple _HOP_BY_HOP = (b"connection", b"keep-alive", b"proxy-connection", b"t
                           b"trailer", b"transfer-encoding", b"upgrade", b"content-length")
 
 
-cdef int _strip_hop_by_hop(HeaderMap h, bint keep_upgrade) except -1:
+cdef int _strip_hop_by_hop(HeaderMap h, bint keep_upgrade, bint grpc=False) except -1:
     cdef Py_ssize_t i = h.find(b"connection", 10, 0)
     cdef bytes name
     # Extra tokens named in Connection are hop-by-hop too.
@@ -136,10 +199,18 @@ cdef int _strip_hop_by_hop(HeaderMap h, bint keep_upgrade) except -1:
             if name and name not in (b"close", b"keep-alive", b"upgrade"):
                 h.remove_raw(name, len(name))
         i = h.find(b"connection", 10, i + 1)
+    # A gRPC request keeps "te: trailers": gRPC servers require it.
+    i = h.find(b"te", 2, 0) if grpc else -1
+    keep_te = False
+    while i >= 0 and not keep_te:
+        keep_te = h.value_has_token(i, b"trailers", 8)
+        i = h.find(b"te", 2, i + 1)
     for name in _HOP_BY_HOP:
         if keep_upgrade and name == b"upgrade":
             continue
         h.remove_raw(name, len(name))
+    if keep_te:
+        h.add_raw(b"te", 2, b"trailers", 8)
     return 0
 
 
@@ -183,6 +254,14 @@ cdef class HttpStream(UpstreamCallbacks):
                 self.request_headers.value_at(i), self.request_headers.entries[i].value_len)
         else:
             self.request_id = _new_request_id()
+        i = self.request_headers.find(b"content-type", 12, 0)
+        if (i >= 0 and self.request_headers.entries[i].value_len >= 16 and
+                memcmp(self.request_headers.value_at(i), b"application/grpc", 16) == 0):
+            self.is_grpc = True
+            i = self.request_headers.find(b"grpc-timeout", 12, 0)
+            if i >= 0:
+                self.grpc_timeout = _grpc_timeout(PyBytes_FromStringAndSize(
+                    self.request_headers.value_at(i), self.request_headers.entries[i].value_len))
         i = self.request_headers.find(b"host", 4, 0)
         if i >= 0:
             host = self.request_headers.value_at(i)
@@ -337,7 +416,7 @@ cdef class HttpStream(UpstreamCallbacks):
         cdef RouteEntry route
         if self.expect_continue:
             h.remove_raw(b"expect", 6)
-        _strip_hop_by_hop(h, self.is_upgrade)
+        _strip_hop_by_hop(h, self.is_upgrade, self.is_grpc)
         # X-Forwarded-For: append the peer; X-Forwarded-Proto: ours at the edge.
         i = h.find(b"x-forwarded-for", 15, 0)
         if i >= 0:
@@ -463,6 +542,8 @@ cdef class HttpStream(UpstreamCallbacks):
             ok = on & (RETRY_CONNECT_FAILURE | RETRY_5XX | RETRY_GATEWAY_ERROR | RETRY_RESET)
         elif cond == RETRY_RESET:
             ok = on & (RETRY_RESET | RETRY_5XX | RETRY_GATEWAY_ERROR)
+        elif cond == RETRY_GRPC_ANY:
+            ok = on & status     # status carries the RETRY_GRPC_* bit of the grpc-status
         else:
             ok = ((on & RETRY_5XX and status >= 500) or
                   (on & RETRY_GATEWAY_ERROR and (status == 502 or status == 503 or status == 504)) or
@@ -533,6 +614,8 @@ cdef class HttpStream(UpstreamCallbacks):
         cdef double t = route.timeout
         if t <= 0 and route.num_retries == 0:
             t = route.per_try_timeout
+        if self.grpc_timeout > 0 and (t <= 0 or self.grpc_timeout < t):
+            t = self.grpc_timeout     # the client's deadline bounds the whole exchange
         # An upgrade is bounded until its 101 (the timer is cancelled there);
         # CONNECT only waits for the connect, bounded by connect_timeout.
         if t > 0 and not self.is_connect:
@@ -738,6 +821,9 @@ cdef class HttpStream(UpstreamCallbacks):
         if self._should_retry(0, c.parser.p.status_code):
             # Discard this response (and its connection) and try again.
             return self._retry()
+        if (self.is_grpc and self.route.retry_on & RETRY_GRPC_ANY and
+                self._should_retry(RETRY_GRPC_ANY, _grpc_retry_bit(c.parser.headers))):
+            return self._retry()
         self.status = c.parser.p.status_code
         # Swap maps instead of copying: the parser gets our empty one back.
         tmp = self.response_headers
@@ -933,6 +1019,14 @@ cdef class HttpStream(UpstreamCallbacks):
             self.keep_alive = False
         self.status = status
         h.clear()
+        if self.is_grpc and not route_reply:
+            # A gRPC client reads errors from grpc-status, not the HTTP status:
+            # answer "Trailers-Only" (RFC-less but what every gRPC peer expects).
+            h.add_raw(b"content-type", 12, b"application/grpc", 16)
+            h.add(b"grpc-status", str(_grpc_code(status, reason)))
+            h.add(b"grpc-message", _grpc_message(b.decode("utf-8", "replace").strip()))
+            self.status = status = 200
+            b = b""
         for name, value in headers or ():
             h.add(name, value)
         if b and h.find(b"content-type", 12, 0) < 0:
