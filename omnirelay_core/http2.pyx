@@ -12,7 +12,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.ref cimport PyObject
 from libc.string cimport memcpy
 from libc.stdint cimport int32_t, uint8_t, uint32_t
-from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 
 from omnirelay_core.includes.nghttp2 cimport *
 from omnirelay_core.connection cimport Connection, monotonic
@@ -315,51 +315,31 @@ cdef class H2ServerConnection(ServerConnection):
     cdef int submit_response(self, HttpStream s, bint end_stream) except -1:
         cdef H2StreamState st = self.streams.get(s.stream_id)
         cdef nghttp2_data_provider prd
-        cdef HeaderMap h = s.response_headers
-        cdef bytes status = str(s.status).encode()
-        cdef list keep = [status]
-        cdef nghttp2_nv* nva
-        cdef Py_ssize_t i, k = 1, n
+        cdef NvArray nv
         cdef int rv
         if st is None or st.closed:
             return 0
-        n = h.count + 2
-        nva = <nghttp2_nv*>PyMem_Malloc(n * sizeof(nghttp2_nv))
-        if nva == NULL:
-            raise MemoryError()
-        try:
-            _nv(&nva[0], PyBytes_AS_STRING(_STATUS), 7, PyBytes_AS_STRING(status), len(status))
-            for i in range(h.count):
-                if h.entries[i].name_len < 0:
-                    continue
-                name = PyBytes_FromStringAndSize(h.name_at(i), h.entries[i].name_len).lower()
-                keep.append(name)
-                _nv(&nva[k], PyBytes_AS_STRING(name), len(name), h.value_at(i),
-                    h.entries[i].value_len)
-                k += 1
-            if (s.resp_content_length >= 0 and not s.resp_has_body_filters
-                    and s.status != 204 and s.status != 304):
-                cl = str(s.resp_content_length).encode()
-                keep.append(cl)
-                _nv(&nva[k], b"content-length", 14, PyBytes_AS_STRING(cl), len(cl))
-                k += 1
-            if end_stream:
-                rv = nghttp2_submit_response(self.session, st.id, nva, k, NULL)
-                st.out_end = True
-            else:
-                prd.source.ptr = NULL
-                prd.read_callback = _read_body
-                rv = nghttp2_submit_response(self.session, st.id, nva, k, &prd)
-        finally:
-            PyMem_Free(nva)
+        nv = NvArray(s.response_headers.count + 2)
+        nv.add(_STATUS, str(s.status).encode())
+        nv.add_map(s.response_headers, False)
+        if (s.resp_content_length >= 0 and not s.resp_has_body_filters
+                and s.status != 204 and s.status != 304):
+            nv.add(b"content-length", str(s.resp_content_length).encode())
+        if end_stream:
+            rv = nghttp2_submit_response(self.session, st.id, nv.nva, nv.n, NULL)
+            st.out_end = True
+        else:
+            prd.source.ptr = NULL
+            prd.read_callback = _read_body
+            rv = nghttp2_submit_response(self.session, st.id, nv.nva, nv.n, &prd)
         if rv != 0:
             _log.debug("submit_response on stream %d: %s", st.id, nghttp2_strerror(rv).decode())
         return self.flush()
 
     cdef int submit_continue(self, HttpStream s) except -1:
-        cdef nghttp2_nv nv
-        _nv(&nv, b":status", 7, b"100", 3)
-        nghttp2_submit_headers(self.session, NGHTTP2_FLAG_NONE, s.stream_id, NULL, &nv, 1, NULL)
+        cdef NvArray nv = NvArray(1)
+        nv.add(_STATUS, b"100")
+        nghttp2_submit_headers(self.session, NGHTTP2_FLAG_NONE, s.stream_id, NULL, nv.nva, 1, NULL)
         return self.flush()
 
     cdef int queue_data(self, HttpStream s, const char* p, Py_ssize_t n, bint end_stream) except -1:
@@ -422,17 +402,10 @@ cdef class H2ServerConnection(ServerConnection):
         return copied
 
     cdef int _submit_trailers(self, H2StreamState st) except -1:
-        cdef Py_ssize_t n = len(st.trailers), i
-        cdef nghttp2_nv* nva = <nghttp2_nv*>PyMem_Malloc(n * sizeof(nghttp2_nv))
-        if nva == NULL:
-            raise MemoryError()
-        try:
-            for i in range(n):
-                name, value = st.trailers[i]
-                _nv(&nva[i], PyBytes_AS_STRING(name), len(name), PyBytes_AS_STRING(value), len(value))
-            nghttp2_submit_trailer(self.session, st.id, nva, n)
-        finally:
-            PyMem_Free(nva)
+        cdef NvArray nv = NvArray(len(st.trailers))
+        for name, value in st.trailers:
+            nv.add(name, value)
+        nghttp2_submit_trailer(self.session, st.id, nv.nva, nv.n)
         return 0
 
     cdef int read_disable(self, HttpStream s, bint disable) except -1:
@@ -522,6 +495,47 @@ cdef inline void _nv(nghttp2_nv* nv, const char* name, size_t nl, const char* va
     nv.value = <uint8_t*>value
     nv.valuelen = vl
     nv.flags = NGHTTP2_NV_FLAG_NONE
+
+
+cdef class NvArray:
+
+    def __cinit__(self, Py_ssize_t cap):
+        self.cap = max(cap, 4)
+        self.nva = <nghttp2_nv*>PyMem_Malloc(self.cap * sizeof(nghttp2_nv))
+        if self.nva == NULL:
+            raise MemoryError()
+        self.keep = []
+
+    def __dealloc__(self):
+        PyMem_Free(self.nva)
+
+    cdef int add(self, bytes name, bytes value) except -1:
+        cdef nghttp2_nv* p
+        if self.n == self.cap:
+            p = <nghttp2_nv*>PyMem_Realloc(self.nva, 2 * self.cap * sizeof(nghttp2_nv))
+            if p == NULL:
+                raise MemoryError()
+            self.nva = p
+            self.cap *= 2
+        self.keep.append(name)
+        self.keep.append(value)
+        _nv(&self.nva[self.n], PyBytes_AS_STRING(name), len(name), PyBytes_AS_STRING(value),
+            len(value))
+        self.n += 1
+        return 0
+
+    cdef int add_map(self, HeaderMap h, bint skip_host) except -1:
+        # HTTP/2 field names are lowercase (RFC 9113 8.2.1); HTTP/1.1 peers may not be.
+        cdef Py_ssize_t i
+        cdef bytes name
+        for i in range(h.count):
+            if h.entries[i].name_len < 0:
+                continue
+            name = PyBytes_FromStringAndSize(h.name_at(i), h.entries[i].name_len).lower()
+            if skip_host and name == b"host":
+                continue
+            self.add(name, PyBytes_FromStringAndSize(h.value_at(i), h.entries[i].value_len))
+        return 0
 
 
 # ---- C callbacks: store the exception, return an nghttp2 error code ----

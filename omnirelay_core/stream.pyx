@@ -20,6 +20,7 @@ from omnirelay_core.router cimport (RouteEntry, RouteTable, RequestView, fill_vi
                                     RETRY_GRPC_ANY, ACTION_WEIGHTED, ACTION_DIRECT,
                                     ACTION_REDIRECT)
 from omnirelay_core.shadow cimport ShadowRequest, new_shadow
+from omnirelay_core.http2_upstream cimport H2UpstreamStream, h2_acquire, h2_connect
 from omnirelay_core.stats cimport Stats
 from omnirelay_core.upstream cimport hash_bytes, LB_RING_HASH
 from omnirelay_core.filterchain cimport (FilterChain, FilterState, CONTINUE, STOP, LOCAL_REPLY,
@@ -480,7 +481,10 @@ cdef class HttpStream(UpstreamCallbacks):
         if route.per_try_timeout > 0 and not self.is_upgrade and not self.is_connect:
             self.try_timer = asyncio.get_running_loop().call_later(
                 route.per_try_timeout, self._on_try_timeout)
-        c = ep.acquire()
+        if cluster.h2 and (self.is_upgrade or self.is_connect):
+            return self.fail(UpstreamProtocolError(
+                "upgrade and CONNECT need an HTTP/1.1 cluster", reason="upstream_protocol"))
+        c = h2_acquire(ep) if cluster.h2 else ep.acquire()
         if c is not None:
             self.listener.stats.upstream_cx_reused += 1
             return self._attach_upstream(c)
@@ -492,7 +496,7 @@ cdef class HttpStream(UpstreamCallbacks):
             return self._overflow("max_connections")
         cluster.rq_pending += 1
         self.pending_counted = True
-        self.connecting = ep.connect(self)
+        self.connecting = h2_connect(ep, self) if cluster.h2 else ep.connect(self)
         return 0
 
     cdef int _abandon_connect(self) except -1:
@@ -632,14 +636,17 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef int on_upstream_ready(self, UpstreamConnection c) except -1:
         if c is not self.connecting or self.done:
             # A connect this stream gave up on: keep the connection for others.
-            c.attach(None, False)
-            c.endpoint.release(c)
+            if c.is_h2:
+                c.detach_and_close()
+            else:
+                c.attach(None, False)
+                c.endpoint.release(c)
             return 0
         self._abandon_connect()
         return self._attach_upstream(c)
 
     cdef int _attach_upstream(self, UpstreamConnection c) except -1:
-        if not c.reused:
+        if not c.reused and not c.is_h2:
             c.transport.set_write_buffer_limits(c.endpoint.cluster.buffer_limit)
         self.upstream = c
         c.attach(self, self.is_head)
@@ -677,6 +684,12 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef int _send_upstream_head(self) except -1:
         cdef ByteBuilder out = _out
         cdef HeaderMap h = self.request_headers
+        if self.upstream.is_h2:
+            self.upstream_sent_head = True
+            if self.req_end and self.pending is None and self.request_trailers is None:
+                self.upstream_end_sent = True
+                return (<H2UpstreamStream>self.upstream).send_head(self.method, self.target, h, True)
+            return (<H2UpstreamStream>self.upstream).send_head(self.method, self.target, h, False)
         out.append_obj(self.method)
         out.append(b" ", 1)
         out.append_obj(self.target)
@@ -704,7 +717,7 @@ cdef class HttpStream(UpstreamCallbacks):
         cdef Py_ssize_t n = len(data)
         if n == 0:
             return 0
-        if self.req_chunked and not self.tunnel:
+        if self.req_chunked and not self.tunnel and not self.upstream.is_h2:
             out = _out
             out.append_hex(n)
             out.append(b"\r\n", 2)
@@ -719,6 +732,8 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.upstream_end_sent:
             return 0
         self.upstream_end_sent = True
+        if self.upstream.is_h2:
+            return (<H2UpstreamStream>self.upstream).end_request(self.request_trailers)
         if self.req_chunked:
             out = _out
             out.append(b"0\r\n", 3)
@@ -808,32 +823,35 @@ cdef class HttpStream(UpstreamCallbacks):
 
     # ---- response path ----
     cdef int on_upstream_headers(self, UpstreamConnection c) except -1:
-        cdef HeaderMap tmp
+        cdef long long cl
         cdef int r
+        cdef int status
         if self.done:
             return 0
-        if c.parser.p.status_code == 101 and not self.is_upgrade:
+        status = c.response_status()
+        if status == 101 and not self.is_upgrade:
             return self.fail(UpstreamProtocolError("upstream switched protocols unasked"))
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
-        self.cluster.report(c.endpoint, c.parser.p.status_code)
-        if self._should_retry(0, c.parser.p.status_code):
+        self.cluster.report(c.endpoint, status)
+        if self._should_retry(0, status):
             # Discard this response (and its connection) and try again.
             return self._retry()
         if (self.is_grpc and self.route.retry_on & RETRY_GRPC_ANY and
-                self._should_retry(RETRY_GRPC_ANY, _grpc_retry_bit(c.parser.headers))):
+                self._should_retry(RETRY_GRPC_ANY, _grpc_retry_bit(c.response_headers()))):
             return self._retry()
-        self.status = c.parser.p.status_code
-        # Swap maps instead of copying: the parser gets our empty one back.
-        tmp = self.response_headers
-        self.response_headers = c.parser.headers
-        c.parser.headers = tmp
-        tmp.clear()
+        self.status = status
+        self.response_headers = c.swap_response_headers(self.response_headers)
         if self.is_head or self.status == 204 or self.status == 304:
             self.resp_no_body = True
-        if (c.parser.p.flags & F_CONTENT_LENGTH) and not (c.parser.p.flags & F_CHUNKED):
-            self.resp_content_length = c.parser.p.content_length
+        cl = c.response_content_length()
+        if c.is_h2 and (<H2UpstreamStream>c).headers_end:
+            # HEADERS with END_STREAM (gRPC "Trailers-Only"): forward it as one frame.
+            self.resp_no_body = True
+            cl = 0 if self.stream_id == 0 else -1   # HTTP/1.1 clients get content-length: 0
+        if cl >= 0:
+            self.resp_content_length = cl
         elif not self.resp_no_body:
             self.resp_content_length = -1
         if self.status == 101 and self.is_upgrade:
@@ -904,9 +922,8 @@ cdef class HttpStream(UpstreamCallbacks):
         cdef HeaderMap t
         if self.done:
             return 0
-        if c.parser.trailers.live:
-            t = c.parser.trailers
-            c.parser.trailers = HeaderMap()
+        t = c.take_trailers()
+        if t is not None:
             self.response_trailers = t
         self.upstream = None if c.request_done else self.upstream
         if self.paused_upstream_reads:

@@ -1,3 +1,4 @@
+from omnirelay_core.headers cimport HeaderMap
 from omnirelay_core.connection cimport Connection
 from omnirelay_core.http1 cimport Http1Parser
 
@@ -36,6 +37,7 @@ cdef class Endpoint:
     cdef public int consecutive_5xx
     cdef public int consecutive_gateway
     cdef readonly int open_connections
+    cdef public list h2_conns       # HTTP/2 clusters: this endpoint's multiplexed connections
 
     cdef inline bint available(self) noexcept:
         return self._healthy and not self._ejected
@@ -74,6 +76,11 @@ cdef class Cluster:
     cdef PriorityLevel _only            # the level when there is just one: no level choice
     cdef bint _dirty                    # availability changed: recompute loads first
     cdef readonly double overprovisioning
+    # upstream HTTP/2 (h2c, prior knowledge) and the settings we send
+    cdef public bint h2
+    cdef public unsigned int h2_max_concurrent_streams
+    cdef public unsigned int h2_initial_stream_window
+    cdef public unsigned int h2_initial_connection_window
     cdef public int lb                  # LB_* below
     cdef public bytes hash_header       # hash key: a request header (lowercase) ...
     cdef public bint hash_source_ip     # ... or the client address
@@ -130,6 +137,15 @@ cdef class UpstreamConnection(Connection):
     cdef bint attached_once
     cdef public bint reused
     cdef double idle_since
+
+    cdef public bint is_h2           # an HTTP/2 stream handle (http2_upstream.H2UpstreamStream)
+
+    # What a stream reads of the response, whatever the upstream protocol.
+    cdef int response_status(self)
+    cdef HeaderMap response_headers(self)
+    cdef HeaderMap swap_response_headers(self, HeaderMap empty)
+    cdef long long response_content_length(self)
+    cdef HeaderMap take_trailers(self)
 
     cdef void attach(self, UpstreamCallbacks cb, bint head_request)
     cdef void request_finished(self)

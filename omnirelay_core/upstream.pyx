@@ -7,7 +7,8 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
 _log = logging.getLogger("omnirelay.upstream")
 
-from omnirelay_core.includes.llhttp cimport HPE_OK, HPE_PAUSED, HPE_PAUSED_UPGRADE
+from omnirelay_core.includes.llhttp cimport HPE_OK, HPE_PAUSED, HPE_PAUSED_UPGRADE, F_CONTENT_LENGTH, F_CHUNKED
+from omnirelay_core.headers cimport HeaderMap
 from omnirelay_core.connection cimport Connection, monotonic
 from omnirelay_core.http1 cimport Http1Parser
 
@@ -251,6 +252,17 @@ cdef class Cluster:
         self.od_max_percent = max_percent
         self.od_interval = interval
 
+    def set_http2(self, bint enabled, unsigned int max_concurrent_streams=100,
+                  unsigned int initial_stream_window=262144,
+                  unsigned int initial_connection_window=1048576):
+        """Speak HTTP/2 (h2c, prior knowledge) to this cluster's endpoints."""
+        if self.h2 and not enabled:
+            self.close_idle()
+        self.h2 = enabled
+        self.h2_max_concurrent_streams = max_concurrent_streams
+        self.h2_initial_stream_window = initial_stream_window
+        self.h2_initial_connection_window = initial_connection_window
+
     def set_overprovisioning(self, double factor):
         """A level of health h takes min(100%, factor x h) of the load it is offered."""
         if factor <= 0:
@@ -426,6 +438,7 @@ cdef class Endpoint:
         self.priority = priority
         self.locality = locality
         self.idle = []
+        self.h2_conns = []
         self._healthy = True
 
     cdef void set_state(self, bint healthy, bint ejected) noexcept:
@@ -496,6 +509,9 @@ cdef class Endpoint:
     cdef int sweep_idle(self, double now) except -1:
         cdef UpstreamConnection c
         cdef double limit = self.cluster.idle_timeout
+        if self.h2_conns:
+            for h2c in list(self.h2_conns):
+                h2c.sweep(now, limit)
         for c in list(self.idle):
             if now - c.idle_since >= limit:
                 self.idle.remove(c)
@@ -516,6 +532,9 @@ cdef class Endpoint:
         for c in self.idle:
             (<UpstreamConnection>c).close()
         self.idle.clear()
+        if self.h2_conns:
+            for h2c in list(self.h2_conns):
+                h2c.shutdown()
 
     def stats(self):
         return {"address": f"{self.host}:{self.port}", "weight": self.weight,
@@ -559,6 +578,32 @@ cdef UpstreamConnection _new_upstream(Endpoint ep):
 
 
 cdef class UpstreamConnection(Connection):
+
+    cdef int response_status(self):
+        return self.parser.p.status_code
+
+    cdef HeaderMap response_headers(self):
+        return self.parser.headers
+
+    cdef HeaderMap swap_response_headers(self, HeaderMap empty):
+        # Swap maps instead of copying: the parser gets an empty one back.
+        cdef HeaderMap h = self.parser.headers
+        self.parser.headers = empty
+        empty.clear()
+        return h
+
+    cdef long long response_content_length(self):
+        if (self.parser.p.flags & F_CONTENT_LENGTH) and not (self.parser.p.flags & F_CHUNKED):
+            return self.parser.p.content_length
+        return -1
+
+    cdef HeaderMap take_trailers(self):
+        cdef HeaderMap t
+        if not self.parser.trailers.live:
+            return None
+        t = self.parser.trailers
+        self.parser.trailers = HeaderMap()
+        return t
 
     cdef void attach(self, UpstreamCallbacks cb, bint head_request):
         self.cb = cb

@@ -1,0 +1,12 @@
+from omnirelay_core.includes.nghttp2 cimport nghttp2_nv
+from omnirelay_core.headers cimport HeaderMap
+
+
+cdef class NvArray:
+    """An nghttp2 header block under construction; keeps its bytes alive."""
+    cdef nghttp2_nv* nva
+    cdef Py_ssize_t n
+    cdef Py_ssize_t cap
+    cdef list keep
+    cdef int add(self, bytes name, bytes value) except -1
+    cdef int add_map(self, HeaderMap h, bint skip_host) except -1
