@@ -89,6 +89,8 @@ cdef class H2ServerConnection(ServerConnection):
     cdef bint in_send
     cdef bint send_again
     cdef int empty_frames
+    cdef bint flooded               # a flood limit of ours tripped inside a callback
+    cdef bint lingering             # GOAWAY sent and write side shut: discard input
     cdef object error               # an exception raised inside a callback
 
     def __dealloc__(self):
@@ -131,6 +133,9 @@ cdef class H2ServerConnection(ServerConnection):
     # ---- bytes in ----
     cdef int data_ready(self) except -1:
         self.last_activity = monotonic()
+        if self.lingering:
+            self.consumed_all()
+            return 0
         if self.end > self.start:
             self._recv((<char*>self.slab) + self.start, self.end - self.start)
         self.consumed_all()
@@ -152,22 +157,51 @@ cdef class H2ServerConnection(ServerConnection):
         if self.error is not None:
             exc, self.error = self.error, None
             _log.error("internal error in the HTTP/2 codec", exc_info=exc)
-            self.goaway(NGHTTP2_INTERNAL_ERROR)
+            self.fatal(NGHTTP2_INTERNAL_ERROR)
+        elif self.flooded or rv == NGHTTP2_ERR_FLOODED:
+            self.listener.stats.downstream_cx_http2_flood += 1
+            self.fatal(NGHTTP2_ENHANCE_YOUR_CALM)
         elif rv < 0:
-            if rv == NGHTTP2_ERR_FLOODED:
-                self.listener.stats.downstream_cx_http2_flood += 1
+            # nghttp2 queued a GOAWAY naming the protocol error; send it and close.
             self.listener.stats.downstream_rq_protocol_error += 1
-            # nghttp2 queued a GOAWAY for protocol errors; send it and close.
-            self.flush()
-            self.close()
+            self.fatal(NGHTTP2_PROTOCOL_ERROR)
         return 0
+
+    cdef int fatal(self, uint32_t code) except -1:
+        # GOAWAY, written even to a peer that stopped reading, then close; a
+        # peer that never reads it is cut off after a short grace period.
+        cdef const uint8_t* data
+        cdef ssize_t n
+        if self.closed or self.session == NULL or self.lingering:
+            return 0
+        nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(self.session), code, NULL, 0)
+        while True:
+            n = nghttp2_session_mem_send(self.session, &data)
+            if n <= 0:
+                break
+            self.write(PyBytes_FromStringAndSize(<const char*>data, n))
+        # Lingering close: closing with unread input would make the kernel send
+        # RST and the peer could lose the GOAWAY. Shut our side, drain theirs.
+        self.lingering = True
+        try:
+            self.transport.write_eof()
+        except Exception:
+            self.close()
+            return 0
+        self.resume_reading()
+        asyncio.get_running_loop().call_later(2.0, self._abort)
+        return 0
+
+    def _abort(self):
+        self.abort()
 
     # ---- bytes out ----
     cdef int flush(self) except -1:
         cdef const uint8_t* data
         cdef ssize_t n
         cdef list chunks
-        if self.session == NULL or self.closed or self.in_recv:
+        if self.session == NULL or self.closed or self.in_recv or self.lingering:
             return 0
         if self.in_send:
             self.send_again = True
@@ -202,13 +236,7 @@ cdef class H2ServerConnection(ServerConnection):
         return 0
 
     cdef int goaway(self, uint32_t code) except -1:
-        if self.session != NULL and not self.closed:
-            nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE,
-                                  nghttp2_session_get_last_proc_stream_id(self.session),
-                                  code, NULL, 0)
-            self.flush()
-            self.close()
-        return 0
+        return self.fatal(code)
 
     # ---- session events (called from the C callbacks below) ----
     cdef int on_begin_request(self, int32_t sid) except -1:
@@ -429,15 +457,12 @@ cdef class H2ServerConnection(ServerConnection):
         cdef H2StreamState st = self.streams.get(s.stream_id)
         if st is None or st.closed:
             return 0
-        if not s.req_end:
-            # Answered before the request ended: tell the client to stop sending.
-            if st.unconsumed:
-                nghttp2_session_consume(self.session, st.id, st.unconsumed)
-                st.unconsumed = 0
-            nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_NO_ERROR)
-        elif not st.out_end:
-            # A reset response (codec.reset already sent RST_STREAM).
-            pass
+        if not s.req_end and st.unconsumed:
+            # Answered before the request ended: the rest of the request is read
+            # and dropped (on_data consumes for done streams). No RST_STREAM here:
+            # nghttp2 would send it ahead of the queued response.
+            nghttp2_session_consume(self.session, st.id, st.unconsumed)
+            st.unconsumed = 0
         return self.flush()
 
     # ---- transport events ----
@@ -581,11 +606,8 @@ cdef int _on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
             if frame.hd.length == 0 and not end:
                 c.empty_frames += 1
                 if c.empty_frames > MAX_EMPTY_FRAMES:
-                    c.listener.stats.downstream_cx_http2_flood += 1
-                    nghttp2_submit_goaway(session, NGHTTP2_FLAG_NONE,
-                                          nghttp2_session_get_last_proc_stream_id(session),
-                                          NGHTTP2_ENHANCE_YOUR_CALM, NULL, 0)
-                    return 0
+                    c.flooded = True
+                    return NGHTTP2_ERR_CALLBACK_FAILURE
             else:
                 c.empty_frames = 0
             if end:

@@ -139,6 +139,11 @@ cdef class Http1Codec(DownstreamCodec):
 cdef bytes _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
+cdef bint _h2c_upgrade(HeaderMap h):
+    cdef Py_ssize_t i = h.find(b"upgrade", 7, 0)
+    return i >= 0 and h.value_has_token(i, b"h2c", 3)
+
+
 cdef class ServerConnection(Connection):
 
     cdef int register(self, object transport) except -1:
@@ -290,6 +295,11 @@ cdef class Http1ServerConnection(ServerConnection):
         s.keep_alive = parser.should_keep_alive() and not self.draining
         s.is_head = parser.p.method == HTTP_HEAD
         s.is_connect = parser.p.method == HTTP_CONNECT
+        if parser.p.upgrade and not s.is_connect and _h2c_upgrade(s.request_headers):
+            # "Upgrade: h2c" is not honoured (as Envoy): serve HTTP/1.1, drop the offer.
+            parser.p.upgrade = 0
+            s.request_headers.remove_raw(b"upgrade", 7)
+            s.request_headers.remove_raw(b"http2-settings", 14)
         s.is_upgrade = parser.p.upgrade and not s.is_connect
         if parser.p.flags & F_CHUNKED:
             s.req_chunked = True
