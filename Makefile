@@ -12,9 +12,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# System packages: a compiler for the Cython core, curl for the demo, nginx + wrk for the
-# end-to-end benchmark and the integration tests that compare against nginx.
-APT_PACKAGES ?= build-essential curl nginx-light wrk
+# System packages: a compiler for the Cython core and libnghttp2-dev for its HTTP/2 codec; curl
+# for the demo and the HTTP/2 tests; nginx (Debian 12's, built with the http_v2 and grpc
+# modules) + wrk for the end-to-end benchmarks and the tests that compare against nginx;
+# nghttp2-client for h2load (HTTP/2 load in tests and bench/e2e/h2.py).
+APT_PACKAGES ?= build-essential curl libnghttp2-dev nghttp2-client nginx wrk
 PYTEST_ARGS ?=
 BENCH_E2E_ARGS ?=
 LINT_PATHS := $(wildcard omnirelay omnirelay_core meshkit tests bench)
@@ -44,7 +46,9 @@ setup: $(STAMP)
 sysdeps:
 	@missing=""; \
 	for p in $(APT_PACKAGES); do \
-	  if [ "$$p" = nginx-light ] && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1; then continue; fi; \
+	  case "$$p" in nginx|nginx-light|nginx-*) \
+	    if { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1; then continue; fi;; \
+	  esac; \
 	  dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \

@@ -16,8 +16,10 @@ from omnirelay_core.errors import (
 )
 from omnirelay_core.filterchain import HOOK_METHODS, FilterChain, LocalReply
 from omnirelay_core.headers import HeaderMap
+from omnirelay_core.l4 import L4ListenerRuntime, L4ListenerState, L4Stats
 from omnirelay_core.router import HeaderEdits, RouteEntry, RouteTable
 from omnirelay_core.server import ListenerRuntime
+from omnirelay_core.sni import SniTable, negotiated_alpn, parse_client_hello
 from omnirelay_core.stats import Stats
 from omnirelay_core.stream import HttpStream, ListenerState
 from omnirelay_core.upstream import Cluster, Endpoint
@@ -34,6 +36,9 @@ __all__ = [
     "HeaderMap",
     "HeadersTooLarge",
     "HttpStream",
+    "L4ListenerRuntime",
+    "L4ListenerState",
+    "L4Stats",
     "ListenerRuntime",
     "ListenerState",
     "LocalReply",
@@ -42,11 +47,14 @@ __all__ = [
     "RequestTimeout",
     "RouteEntry",
     "RouteTable",
+    "SniTable",
     "Stats",
     "UpstreamProtocolError",
     "UpstreamReset",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "negotiated_alpn",
+    "parse_client_hello",
     "pool_stats",
     "reason_for",
 ]

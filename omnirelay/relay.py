@@ -4,24 +4,27 @@
         print(relay.url())          # http://127.0.0.1:PORT
         ...
 
-The same class is what each worker process of `omnirelay run` runs.
+The same class is what each worker process of `omnirelay run` runs. Listeners with
+`protocol: tcp` or `tls_passthrough` run the core's L4 proxy; `protocol: http` with `tls`
+terminates TLS (the core reads the negotiated ALPN protocol to pick its codec).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Self
 
-from omnirelay._core import ListenerRuntime, pool_stats
+from omnirelay._core import L4ListenerRuntime, L4ListenerState, ListenerRuntime, pool_stats
 from omnirelay.clusters import HealthCheckers
-from omnirelay.config import Config, Endpoint, load_config
+from omnirelay.config import Config, Endpoint, Listener, load_config
 from omnirelay.config.endpoints import decode_endpoints
 from omnirelay.discovery import Feeds
-from omnirelay.runtime.build import TableBuilder
+from omnirelay.runtime.build import BuiltConfig, TableBuilder
 
 log = logging.getLogger("omnirelay")
 
@@ -30,6 +33,31 @@ SWEEP_INTERVAL = 1.0
 
 def _as_config(source: Config | str | Path | dict | bytes) -> Config:
     return source if isinstance(source, Config) else load_config(source)
+
+
+def _kind(lst: Listener) -> str:
+    """What the listening socket is: a change of kind needs a new socket (and server)."""
+    if lst.protocol != "http":
+        return "l4"
+    return "https" if lst.tls is not None else "http"
+
+
+class _TlsSwitch:
+    """A TLS listener's server keeps the SSLContext it started with; that context's SNI
+    callback (run for every ClientHello, with or without SNI) hands the connection the
+    context of the current config. A reload thus changes certificates and ALPN for new
+    connections without re-binding, and open connections keep what they negotiated."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.front = context
+        self.current = context
+        context.sni_callback = self._select
+
+    def _select(self, sslobj: ssl.SSLObject, server_name: str | None,
+                context: ssl.SSLContext) -> None:
+        current = self.current
+        if current is not context:
+            sslobj.context = current
 
 
 class Relay:
@@ -43,9 +71,10 @@ class Relay:
         self._feeds = Feeds(on_update=self._endpoints_changed)
         self._reuse_port = reuse_port
         self._ports = dict(ports or {})
-        self._listeners: dict[str, ListenerRuntime] = {}
+        self._listeners: dict[str, ListenerRuntime | L4ListenerRuntime] = {}
         self._bound: dict[str, tuple[str, int]] = {}
-        self._binding: dict[str, tuple[str, int]] = {}
+        self._binding: dict[str, tuple[str, int, str]] = {}
+        self._tls: dict[str, _TlsSwitch] = {}
         self._sweeper: asyncio.Task | None = None
         self._started = False
         self.config_version = self._built.config.metadata.version
@@ -63,23 +92,37 @@ class Relay:
             self._feeds.sync(self.config, self._builder)
             self._health.sync(self.config, self._builder.clusters)
             for lst in self.config.spec.listeners:
-                await self._start_listener(lst, self._built.listeners[lst.name])
+                await self._start_listener(lst, self._built)
         except BaseException:
             await self.stop(drain_timeout=0)
             raise
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
 
-    async def _start_listener(self, lst, state) -> None:
-        runtime = ListenerRuntime(state)
+    async def _start_listener(self, lst: Listener, built: BuiltConfig) -> None:
+        state = built.listeners[lst.name]
+        switch = None
+        if isinstance(state, L4ListenerState):
+            runtime: ListenerRuntime | L4ListenerRuntime = L4ListenerRuntime(state)
+        elif lst.name in built.tls:
+            switch = _TlsSwitch(built.tls[lst.name])
+            runtime = ListenerRuntime(state, ssl=switch.front)
+        else:
+            runtime = ListenerRuntime(state)
         port = self._ports.get(lst.name, lst.port)
         host, bound_port = await runtime.start(lst.address, port, reuse_port=self._reuse_port)
         self._listeners[lst.name] = runtime
         self._bound[lst.name] = (host, bound_port)
-        self._binding[lst.name] = (lst.address, lst.port)
-        log.info("listener %s on %s:%d", lst.name, host, bound_port)
+        self._binding[lst.name] = (lst.address, lst.port, _kind(lst))
+        if switch is not None:
+            self._tls[lst.name] = switch
+        log.info("listener %s (%s) on %s:%d", lst.name, lst.protocol, host, bound_port)
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
-        """Stop accepting, let in-flight requests finish up to the deadline, then close."""
+        """Stop accepting, let in-flight requests finish up to the deadline, then close.
+
+        HTTP connections close once their response is done; L4 (tcp, tls_passthrough)
+        connections have no message boundary and run until either side closes them or
+        the deadline aborts them."""
         await self._feeds.close()
         await self._health.stop()
         if self._sweeper is not None:
@@ -87,11 +130,13 @@ class Relay:
             self._sweeper = None
         await self._drain(list(self._listeners.values()), drain_timeout)
         self._listeners.clear()
+        self._tls.clear()
         for c in self._builder.clusters.values():
             c.close_idle()
         self._started = False
 
-    async def _drain(self, runtimes: list[ListenerRuntime], timeout: float) -> None:
+    async def _drain(self, runtimes: list[ListenerRuntime | L4ListenerRuntime],
+                     timeout: float) -> None:
         for r in runtimes:
             r.start_drain()
         deadline = time.monotonic() + timeout
@@ -112,7 +157,12 @@ class Relay:
     # ---- reload ----
     async def reload(self, config: Config | str | Path | dict | bytes) -> None:
         """Swap to a new config. Raises ConfigError/FilterConfigError and keeps
-        serving the current config if the new one is invalid."""
+        serving the current config if the new one is invalid (TLS certificate and key
+        files included: they are loaded before anything changes).
+
+        A listener keeps its socket when its address, port and kind (plain HTTP, TLS
+        HTTP, L4) stay: new connections get the new routes, clusters, SNI routes and
+        certificates; open ones finish with what they had."""
         cfg = _as_config(config)
         built = self._builder.build(cfg)
         if self._started:
@@ -121,16 +171,22 @@ class Relay:
             self._feeds.sync(cfg, self._builder)
         new_names = {lst.name for lst in cfg.spec.listeners}
         gone = []
-        for name, runtime in list(self._listeners.items()):
+        for name in list(self._listeners):
             lst = next((x for x in cfg.spec.listeners if x.name == name), None)
-            if lst is None or (lst.address, lst.port) != self._binding[name]:
-                gone.append(self._listeners.pop(name))
+            if lst is None or (lst.address, lst.port, _kind(lst)) != self._binding[name]:
+                runtime = self._listeners.pop(name)
+                # Free the socket now: a listener that changes kind binds it again below.
+                runtime.stop_accepting()
+                gone.append(runtime)
                 self._bound.pop(name, None)
+                self._tls.pop(name, None)
         for lst in cfg.spec.listeners:
             if lst.name in self._listeners:
                 self._listeners[lst.name].swap(built.listeners[lst.name])
+                if lst.name in self._tls:
+                    self._tls[lst.name].current = built.tls[lst.name]
             elif self._started:
-                await self._start_listener(lst, built.listeners[lst.name])
+                await self._start_listener(lst, built)
         self._built = built
         if self._started:
             self._health.sync(cfg, self._builder.clusters)
@@ -180,9 +236,13 @@ class Relay:
         return self._bound[name]
 
     def url(self, listener: str | None = None) -> str:
-        host, port = self.address(listener)
+        """http://, https:// (TLS-terminating) or tcp:// (L4 listeners) host:port."""
+        name = listener or next(iter(self._bound))
+        host, port = self._bound[name]
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}"
+        kind = self._binding[name][2]
+        scheme = "tcp" if kind == "l4" else kind
+        return f"{scheme}://{host}:{port}"
 
     @property
     def addresses(self) -> dict[str, tuple[str, int]]:

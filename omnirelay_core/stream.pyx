@@ -1005,6 +1005,18 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.upstream is not None:
             self.upstream.detach_and_close()
             self.upstream = None
+        if self.resp_started and self.is_grpc and self.stream_id != 0 and not self.resp_end:
+            # A gRPC response already under way ends with the error as its status
+            # trailers (e.g. DEADLINE_EXCEEDED), which a reset would hide.
+            self.local_reason = getattr(exc, "reason", "error")
+            t = HeaderMap()
+            t.add(b"grpc-status", str(_grpc_code(status, self.local_reason)))
+            t.add(b"grpc-message", _grpc_message(str(exc)))
+            self.response_trailers = t
+            self.codec.encode_trailers(self, t)
+            self.resp_end = True
+            self._finish()
+            return 0
         if self.resp_started:
             # Never let a truncated body look complete: reset the client.
             self.local_reason = getattr(exc, "reason", "error")

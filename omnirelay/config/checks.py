@@ -363,6 +363,29 @@ def host_pattern(value: object) -> str:
     return text
 
 
+def server_name(value: object) -> str:
+    """An SNI server name to route on: '*', '*.suffix' or an exact DNS name, lowercased.
+
+    SNI carries DNS names only (RFC 6066 section 3): no IP addresses, ports or trailing dot.
+    """
+    text = nonempty_string(value).lower()
+    if text == "*":
+        return text
+    rest = text.removeprefix("*.")
+    if "*" in rest:
+        raise ValueError(
+            f"invalid server name {text!r}: '*' is only allowed alone or as a leading '*.' label"
+        )
+    if _is_ip(rest) or _is_ip(rest.strip("[]"), ipaddress.IPv6Address):
+        raise ValueError(f"invalid server name {text!r}: SNI carries DNS names, not IP addresses")
+    if not _dns_name(rest):
+        raise ValueError(
+            f"invalid server name {text!r}: use '*', '*.example.com' or an exact DNS name "
+            "(no port, no trailing dot)"
+        )
+    return text
+
+
 def listen_address(value: object) -> str:
     text = string(value)
     if text == "localhost" or _is_ip(text):

@@ -76,6 +76,15 @@ class OutlierDetection:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2Options:
+    """HTTP/2 settings we advertise and enforce, on a listener or toward a cluster."""
+
+    max_concurrent_streams: int = 100  # 1..2147483647
+    initial_stream_window_size: int = 262144  # 65535..2147483647 bytes
+    initial_connection_window_size: int = 1048576  # 65535..2147483647 bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...]
@@ -89,6 +98,8 @@ class Cluster:
     circuit_breakers: CircuitBreakers = CircuitBreakers()
     outlier_detection: OutlierDetection | None = None
     overprovisioning_factor: float = 1.4  # >= 1.0; see priority failover in docs
+    protocol: str = "http1"  # upstream HTTP version: "http1" | "http2" (h2c, prior knowledge)
+    http2: Http2Options = Http2Options()
     discovery: Discovery | None = None  # endpoints may be empty only when this is set
 
 
@@ -237,10 +248,46 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsContext:
+    """TLS termination on a listener (issue 7 extends this with client certificates)."""
+
+    cert_file: str  # PEM certificate chain
+    key_file: str  # PEM private key
+    alpn: tuple[str, ...] = ("h2", "http/1.1")  # offered in preference order
+
+
+@dataclass(frozen=True, slots=True)
+class TcpProxy:
+    """A `protocol: tcp` listener forwards raw bytes to one cluster."""
+
+    cluster: str
+    idle_timeout: float = 3600.0  # 0 disables; both directions idle this long closes
+
+
+@dataclass(frozen=True, slots=True)
+class SniRoute:
+    """A `protocol: tls_passthrough` listener picks a cluster by the ClientHello's SNI
+    without terminating TLS. Names are exact, `*.suffix` or `*` (also a ClientHello
+    without SNI); first match wins."""
+
+    server_names: tuple[str, ...]
+    cluster: str
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
+    """`protocol: http` (HTTP/1.1 and HTTP/2: h2c by prior knowledge, h2 by ALPN when `tls`
+    is set) routes requests; `tcp` sets `tcp`; `tls_passthrough` sets `sni_routes`. Routes,
+    filters and the HTTP fields apply only to `http` listeners."""
+
     name: str
     address: str  # IP literal or "localhost"
     port: int  # 0 = ephemeral
+    protocol: str = "http"  # "http" | "tcp" | "tls_passthrough"
+    tls: TlsContext | None = None  # http only
+    http2: Http2Options = Http2Options()
+    tcp: TcpProxy | None = None  # set exactly when protocol == "tcp"
+    sni_routes: tuple[SniRoute, ...] = ()  # non-empty exactly when protocol == "tls_passthrough"
     routes: tuple[str, ...] | None = None  # route names in match order; None = all, document order
     filters: tuple[FilterSpec, ...] = ()
     max_header_bytes: int = 65536

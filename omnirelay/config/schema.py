@@ -32,6 +32,7 @@ from .model import (
     HeaderMatch,
     HeaderValue,
     HealthCheck,
+    Http2Options,
     Listener,
     Metadata,
     Mirror,
@@ -43,7 +44,10 @@ from .model import (
     Rollout,
     Route,
     RouteMatch,
+    SniRoute,
     Spec,
+    TcpProxy,
+    TlsContext,
     WeightedCluster,
 )
 from .units import format_duration
@@ -67,7 +71,44 @@ _BODYLESS_STATUSES = (204, 304)
 _RENAMED = {"equals": "exact"}  # old field name -> new one, for upgrade hints
 _LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
 _HASH_POLICIES = ("ring_hash", "maglev")
-_RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes")
+_RETRY_ON = (
+    "5xx",
+    "gateway-error",
+    "connect-failure",
+    "reset",
+    "retriable-status-codes",
+    # gRPC status conditions, read from grpc-status in the response headers or trailers
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+)
+_LISTENER_PROTOCOLS = ("http", "tcp", "tls_passthrough")
+_L4_PROTOCOLS = ("tcp", "tls_passthrough")
+_CLUSTER_PROTOCOLS = ("http1", "http2")
+_ALPN_PROTOCOLS = ("h2", "http/1.1")
+# Listener fields that only mean something when the listener speaks HTTP. On an L4 listener
+# they may only hold their default (the normalized document spells every field out).
+_HTTP_ONLY = (
+    "routes",
+    "filters",
+    "tls",
+    "http2",
+    "max_header_bytes",
+    "request_timeout",
+    "via",
+    "xff_trusted_hops",
+)
+_HTTP_ONLY_HINTS = {
+    ("routes", "tcp"): "; a 'tcp' listener forwards every connection to tcp.cluster",
+    ("routes", "tls_passthrough"): "; a 'tls_passthrough' listener routes by SNI with sni_routes",
+    ("tls", "tcp"): "; to terminate TLS, use protocol 'http' with 'tls'",
+    ("tls", "tls_passthrough"): (
+        "; 'tls_passthrough' forwards TLS untouched (to terminate TLS, use protocol 'http')"
+    ),
+}
+_WINDOW_MAX = 2**31 - 1
 
 Build = Callable[[Any, str], Any]
 
@@ -358,24 +399,186 @@ class _Decoder:
         obj = self.shape(value, path, Listener)
         if obj is None:
             return _BAD
+        values = {
+            "name": self.field(obj, path, "name", checks.object_name),
+            "address": self.field(obj, path, "address", checks.listen_address),
+            "port": self.field(obj, path, "port", checks.integer(0, 65535)),
+            "protocol": self.field(obj, path, "protocol", checks.one_of(_LISTENER_PROTOCOLS)),
+            "tls": self.nested(obj, path, "tls", self.tls_context),
+            "http2": self.nested(obj, path, "http2", self.http2_options),
+            "tcp": self.nested(obj, path, "tcp", self.tcp_proxy),
+            "sni_routes": self.nested(obj, path, "sni_routes", self.sni_routes),
+            "routes": self.nested(obj, path, "routes", self.route_refs),
+            "filters": self.nested(obj, path, "filters", self.list_of(self.filter)),
+            "max_header_bytes": self.field(
+                obj, path, "max_header_bytes", checks.size(1024, 1024 * 1024)
+            ),
+            "idle_timeout": self.field(obj, path, "idle_timeout", checks.duration()),
+            "request_timeout": self.field(obj, path, "request_timeout", checks.duration()),
+            "buffer_limit": self.field(obj, path, "buffer_limit", checks.size(1)),
+            "via": self.field(obj, path, "via", checks.via_name),
+            "xff_trusted_hops": self.field(obj, path, "xff_trusted_hops", checks.integer(0)),
+        }
+        ok = self.listener_protocol(values, path)
+        return self.build(Listener, values) if ok else _BAD
+
+    def listener_protocol(self, values: Mapping[str, Any], path: str) -> bool:
+        """`tcp` exactly for protocol tcp, `sni_routes` exactly for tls_passthrough, and the
+        HTTP-only fields left at their defaults on L4 listeners."""
+        protocol = _effective(values, Listener, "protocol")
+        if protocol is _BAD:
+            return True  # reported; which fields belong is unknowable
+        ok = True
+        tcp = _effective(values, Listener, "tcp")
+        if protocol == "tcp" and tcp is None:
+            self.report(field_path(path, "tcp"), "required when protocol is 'tcp'")
+            ok = False
+        elif protocol != "tcp" and tcp not in (None, _BAD):
+            self.report(
+                field_path(path, "tcp"),
+                f"only allowed when protocol is 'tcp' (protocol is {protocol!r})",
+            )
+            ok = False
+        sni_routes = _effective(values, Listener, "sni_routes")
+        if protocol == "tls_passthrough" and sni_routes == ():
+            self.report(
+                field_path(path, "sni_routes"),
+                "at least one SNI route is required when protocol is 'tls_passthrough'",
+            )
+            ok = False
+        elif protocol != "tls_passthrough" and sni_routes not in ((), _BAD):
+            self.report(
+                field_path(path, "sni_routes"),
+                f"only allowed when protocol is 'tls_passthrough' (protocol is {protocol!r})",
+            )
+            ok = False
+        if protocol not in _L4_PROTOCOLS:
+            return ok
+        for key in _HTTP_ONLY:
+            given = values[key]
+            if given in (_ABSENT, _BAD) or given == _default(Listener, key):
+                continue
+            hint = _HTTP_ONLY_HINTS.get((key, protocol), "")
+            self.report(
+                field_path(path, key),
+                f"only allowed on 'http' listeners (protocol is {protocol!r}){hint}",
+            )
+            ok = False
+        idle = values["idle_timeout"]
+        if protocol == "tcp" and idle not in (_ABSENT, _BAD) and idle != _default(
+            Listener, "idle_timeout"
+        ):
+            self.report(
+                field_path(path, "idle_timeout"),
+                "not used by 'tcp' listeners; set tcp.idle_timeout instead",
+            )
+            ok = False
+        return ok
+
+    def tls_context(self, value: object, path: str) -> Any:
+        # The files are read when the listener is built, not here: a document stays
+        # checkable on a machine that does not hold the keys (the control plane).
+        if value is None:
+            return None
+        obj = self.shape(value, path, TlsContext)
+        if obj is None:
+            return _BAD
+        alpn = self.list_of(
+            self.checked(checks.one_of(_ALPN_PROTOCOLS)),
+            nonempty="at least one ALPN protocol is required",
+        )
+        values = {
+            "cert_file": self.field(obj, path, "cert_file", checks.nonempty_string),
+            "key_file": self.field(obj, path, "key_file", checks.nonempty_string),
+            "alpn": self.nested(obj, path, "alpn", alpn),
+        }
+        protocols = values["alpn"]
+        if protocols not in (_ABSENT, _BAD) and not self.distinct(
+            list(protocols), field_path(path, "alpn"), "protocol"
+        ):
+            return _BAD
+        return self.build(TlsContext, values)
+
+    def http2_options(self, value: object, path: str) -> Any:
+        obj = self.shape(value, path, Http2Options)
+        if obj is None:
+            return _BAD
         return self.build(
-            Listener,
+            Http2Options,
             {
-                "name": self.field(obj, path, "name", checks.object_name),
-                "address": self.field(obj, path, "address", checks.listen_address),
-                "port": self.field(obj, path, "port", checks.integer(0, 65535)),
-                "routes": self.nested(obj, path, "routes", self.route_refs),
-                "filters": self.nested(obj, path, "filters", self.list_of(self.filter)),
-                "max_header_bytes": self.field(
-                    obj, path, "max_header_bytes", checks.size(1024, 1024 * 1024)
+                "max_concurrent_streams": self.field(
+                    obj, path, "max_concurrent_streams", checks.integer(1, _WINDOW_MAX)
                 ),
-                "idle_timeout": self.field(obj, path, "idle_timeout", checks.duration()),
-                "request_timeout": self.field(obj, path, "request_timeout", checks.duration()),
-                "buffer_limit": self.field(obj, path, "buffer_limit", checks.size(1)),
-                "via": self.field(obj, path, "via", checks.via_name),
-                "xff_trusted_hops": self.field(obj, path, "xff_trusted_hops", checks.integer(0)),
+                "initial_stream_window_size": self.field(
+                    obj, path, "initial_stream_window_size", checks.size(65535, _WINDOW_MAX)
+                ),
+                "initial_connection_window_size": self.field(
+                    obj, path, "initial_connection_window_size", checks.size(65535, _WINDOW_MAX)
+                ),
             },
         )
+
+    def tcp_proxy(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, TcpProxy)
+        if obj is None:
+            return _BAD
+        return self.build(
+            TcpProxy,
+            {
+                "cluster": self.field(obj, path, "cluster", checks.nonempty_string),
+                "idle_timeout": self.field(obj, path, "idle_timeout", checks.duration()),
+            },
+        )
+
+    def sni_routes(self, value: object, path: str) -> Any:
+        built = self.list_of(self.sni_route)(value, path)
+        if built is _BAD:
+            return _BAD
+        # First match wins, so a name listed again, or anything after a '*' route, is dead.
+        ok = True
+        first: dict[str, int] = {}
+        catch_all = None
+        for index, route in enumerate(built):
+            where = item_path(path, index)
+            if catch_all is not None:
+                self.report(
+                    where,
+                    f"unreachable: {item_path(path, catch_all)} already matches every "
+                    "server name with '*'",
+                )
+                ok = False
+                continue
+            for i, name in enumerate(route.server_names):
+                if name in first and first[name] != index:
+                    self.report(
+                        item_path(field_path(where, "server_names"), i),
+                        f"server name {name!r} is already routed by {item_path(path, first[name])}",
+                    )
+                    ok = False
+                first.setdefault(name, index)
+            if "*" in route.server_names:
+                catch_all = index
+        return built if ok else _BAD
+
+    def sni_route(self, value: object, path: str) -> Any:
+        obj = self.shape(value, path, SniRoute)
+        if obj is None:
+            return _BAD
+        names = self.list_of(
+            self.checked(checks.server_name), nonempty="at least one server name is required"
+        )
+        values = {
+            "server_names": self.nested(obj, path, "server_names", names),
+            "cluster": self.field(obj, path, "cluster", checks.nonempty_string),
+        }
+        server_names = values["server_names"]
+        if server_names not in (_ABSENT, _BAD) and not self.distinct(
+            list(server_names), field_path(path, "server_names"), "server name"
+        ):
+            return _BAD
+        return self.build(SniRoute, values)
 
     def route_refs(self, value: object, path: str) -> Any:
         # Whether each name exists is a graph check; here only the shape.
@@ -804,6 +1007,8 @@ class _Decoder:
             "overprovisioning_factor": self.field(
                 obj, path, "overprovisioning_factor", checks.number(1)
             ),
+            "protocol": self.field(obj, path, "protocol", checks.one_of(_CLUSTER_PROTOCOLS)),
+            "http2": self.nested(obj, path, "http2", self.http2_options),
             "discovery": self.nested(obj, path, "discovery", self.discovery),
         }
         if discovered and values["endpoints"] is _ABSENT:
@@ -990,16 +1195,30 @@ def _outline(key: str, item: object) -> Outline:
             mirrors=_references(item.get("mirrors"), "cluster"),
         )
     if key == "listeners":
+        protocol = _readable(checks.one_of(_LISTENER_PROTOCOLS), item.get("protocol", "http"))
         routes = item.get("routes")
+        tcp = item.get("tcp")
         return Outline(
             name,
+            # Only the references a listener of its protocol uses: the others are reported
+            # as misplaced fields, and an unknown name there would only add noise.
             routes=(
                 tuple(_readable(checks.nonempty_string, ref) for ref in routes)
-                if isinstance(routes, (list, tuple))
+                if isinstance(routes, (list, tuple)) and protocol == "http"
                 else None
             ),
             address=_readable(checks.listen_address, item.get("address")),
             port=_readable(checks.integer(0, 65535), item.get("port")),
+            tcp_cluster=(
+                _readable(checks.nonempty_string, tcp.get("cluster"))
+                if isinstance(tcp, Mapping) and protocol == "tcp"
+                else None
+            ),
+            sni_clusters=(
+                _references(item.get("sni_routes"), "cluster")
+                if protocol == "tls_passthrough"
+                else ()
+            ),
         )
     return Outline(name)
 

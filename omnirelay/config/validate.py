@@ -29,6 +29,8 @@ class Outline:
     routes: tuple[str | None, ...] | None = None  # listeners only; None = all routes
     address: str | None = None  # listeners only
     port: int | None = None  # listeners only
+    tcp_cluster: str | None = None  # tcp listeners only
+    sni_clusters: tuple[str | None, ...] = ()  # tls_passthrough listeners only; by SNI route
 
 
 def graph_issues(
@@ -46,6 +48,9 @@ def graph_issues(
     route_names = [r.name for r in routes if r.name is not None]
     for index, listener in enumerate(listeners):
         issues += _route_refs(item_path("spec.listeners", index), listener, route_names)
+        issues += _listener_cluster_refs(
+            item_path("spec.listeners", index), listener, cluster_names
+        )
     issues += _socket_conflicts(listeners)
     return issues
 
@@ -77,6 +82,22 @@ def _cluster_refs(path: str, route: Outline, cluster_names: list[str]) -> list[C
     ]
     refs += [
         (f"{item_path(f'{path}.mirrors', i)}.cluster", name) for i, name in enumerate(route.mirrors)
+    ]
+    return [
+        ConfigIssue(where, _unknown("cluster", name, cluster_names))
+        for where, name in refs
+        if name is not None and name not in cluster_names
+    ]
+
+
+def _listener_cluster_refs(
+    path: str, listener: Outline, cluster_names: list[str]
+) -> list[ConfigIssue]:
+    """The clusters an L4 listener forwards to: `tcp.cluster` and `sni_routes[i].cluster`."""
+    refs = [(f"{path}.tcp.cluster", listener.tcp_cluster)]
+    refs += [
+        (f"{item_path(f'{path}.sni_routes', i)}.cluster", name)
+        for i, name in enumerate(listener.sni_clusters)
     ]
     return [
         ConfigIssue(where, _unknown("cluster", name, cluster_names))

@@ -2,25 +2,43 @@
 
 Clusters are the only long-lived objects: a reload keeps the core Cluster (and
 the pools of endpoints that stay) so in-flight and idle connections survive.
-Everything that can fail (filter factories) is built before anything is touched.
+Everything that can fail (filter factories, TLS certificates) is built before
+anything is touched.
 """
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from omnirelay._core import Cluster as CoreCluster
-from omnirelay._core import HeaderEdits, ListenerState, RouteEntry, RouteTable
-from omnirelay.config import Config
-from omnirelay.config.model import Endpoint, Route
+from omnirelay._core import (
+    HeaderEdits,
+    L4ListenerState,
+    ListenerState,
+    RouteEntry,
+    RouteTable,
+)
+from omnirelay.config import Config, ConfigError, ConfigIssue
+from omnirelay.config.model import Endpoint, Listener, Route, TlsContext
 from omnirelay.config.model import HeaderEdits as HeaderEditsSpec
 from omnirelay.filters.registry import build_chain, build_factory
+
+# How long a tls_passthrough listener waits for a whole ClientHello.
+CLIENT_HELLO_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
 class BuiltConfig:
     config: Config
-    listeners: dict[str, ListenerState]
+    # ListenerState for `protocol: http`, L4ListenerState for tcp / tls_passthrough
+    listeners: dict[str, ListenerState | L4ListenerState]
+    # server-side SSLContext of each `protocol: http` listener with `tls`
+    tls: dict[str, ssl.SSLContext] = field(default_factory=dict)
 
 
 class TableBuilder:
@@ -39,6 +57,7 @@ class TableBuilder:
             lst.name: [build_factory(f, f"spec.listeners[{i}].filters[{j}]")
                        for j, f in enumerate(lst.filters)]
             for i, lst in enumerate(spec.listeners)}
+        tls = build_tls_contexts(spec.listeners)
         # Nothing below can fail on a validated config: commit cluster changes.
         clusters = {}
         for c in spec.clusters:
@@ -48,6 +67,12 @@ class TableBuilder:
             core.max_idle = c.max_idle_per_endpoint
             core.buffer_limit = c.buffer_limit
             core.set_overprovisioning(c.overprovisioning_factor)
+            h2 = c.http2
+            core.set_http2(c.protocol == "http2", h2.max_concurrent_streams,
+                           h2.initial_stream_window_size, h2.initial_connection_window_size)
+            core.set_http2(c.protocol == "http2", c.http2.max_concurrent_streams,
+                           c.http2.initial_stream_window_size,
+                           c.http2.initial_connection_window_size)
             discovered = self.discovered.get(c.name)
             if c.discovery is None or discovered is None:
                 # A discovery-fed cluster keeps what its feed said across reloads.
@@ -71,8 +96,11 @@ class TableBuilder:
                 old.close_idle()
                 self.discovered.pop(name, None)
         self.clusters = clusters
-        listeners = {}
+        listeners: dict[str, ListenerState | L4ListenerState] = {}
         for lst in spec.listeners:
+            if lst.protocol != "http":
+                listeners[lst.name] = _l4_state(lst, clusters)
+                continue
             entries = []
             for r in config.routes_for(lst):
                 factories = listener_filters[lst.name] + route_filters[r.name]
@@ -83,8 +111,12 @@ class TableBuilder:
                 xff_trusted_hops=lst.xff_trusted_hops, max_header_bytes=lst.max_header_bytes,
                 idle_timeout=lst.idle_timeout if lst.idle_timeout > 0 else 1e12,
                 request_timeout=lst.request_timeout if lst.request_timeout > 0 else 1e12,
-                buffer_limit=lst.buffer_limit)
-        return BuiltConfig(config, listeners)
+                buffer_limit=lst.buffer_limit,
+                scheme="https" if lst.tls is not None else "http",
+                h2_max_concurrent_streams=lst.http2.max_concurrent_streams,
+                h2_initial_stream_window=lst.http2.initial_stream_window_size,
+                h2_initial_connection_window=lst.http2.initial_connection_window_size)
+        return BuiltConfig(config, listeners, tls)
 
     def update_endpoints(self, cluster: str, endpoints: Sequence[Endpoint]) -> None:
         """Replace a live cluster's endpoints (from a discovery feed); pooled
@@ -97,6 +129,94 @@ class TableBuilder:
     def sweep(self, now: float) -> None:
         for c in self.clusters.values():
             c.sweep(now)
+
+
+def build_tls_contexts(listeners: Sequence[Listener]) -> dict[str, ssl.SSLContext]:
+    """The server SSLContext of every TLS-terminating listener, by name. Raises ConfigError
+    with one issue per unreadable or unusable certificate or key file."""
+    contexts = {}
+    issues: list[ConfigIssue] = []
+    for i, lst in enumerate(listeners):
+        if lst.protocol == "http" and lst.tls is not None:
+            try:
+                contexts[lst.name] = server_ssl_context(lst.tls, f"spec.listeners[{i}].tls")
+            except ConfigError as e:
+                issues += e.issues
+    if issues:
+        raise ConfigError(issues)
+    return contexts
+
+
+def server_ssl_context(tls: TlsContext, path: str = "tls") -> ssl.SSLContext:
+    """TLS 1.2+ with the certificate chain and key of `tls`, offering its ALPN protocols in
+    the configured order (the server's preference decides). Raises ConfigError naming the
+    file and what is wrong with it; `path` locates the `tls` section in the document."""
+    cert_path, key_path = f"{path}.cert_file", f"{path}.key_file"
+    issues = []
+    cert = _read(tls.cert_file, cert_path, "certificate", issues)
+    key = _read(tls.key_file, key_path, "private key", issues)
+    if cert is not None:
+        try:
+            if not x509.load_pem_x509_certificates(cert):
+                raise ValueError("no certificate found")
+        except ValueError as e:
+            issues.append(ConfigIssue(
+                cert_path, f"{tls.cert_file}: not a PEM certificate chain ({e})"))
+            cert = None
+    if key is not None:
+        try:
+            load_pem_private_key(key, password=None)
+        except TypeError:
+            issues.append(ConfigIssue(
+                key_path, f"{tls.key_file}: the private key is encrypted; give an "
+                "unencrypted PEM key (readable only by the proxy's user)"))
+            key = None
+        except (ValueError, UnsupportedAlgorithm) as e:
+            issues.append(ConfigIssue(key_path, f"{tls.key_file}: not a PEM private key ({e})"))
+            key = None
+    if issues:
+        raise ConfigError(issues)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except ssl.SSLError as e:
+        if "KEY_VALUES_MISMATCH" in str(e):
+            raise ConfigError([ConfigIssue(
+                key_path, f"{tls.key_file}: the private key does not match the certificate "
+                f"in {tls.cert_file}")]) from None
+        raise ConfigError([ConfigIssue(
+            cert_path, f"cannot load {tls.cert_file} with key {tls.key_file}: "
+            f"{e.reason or e}")]) from None
+    except OSError as e:  # the files changed under us
+        raise ConfigError([ConfigIssue(
+            cert_path, f"cannot load {tls.cert_file}: {e.strerror or e}")]) from None
+    ctx.set_alpn_protocols(list(tls.alpn))
+    return ctx
+
+
+def _read(filename: str, path: str, what: str, issues: list[ConfigIssue]) -> bytes | None:
+    try:
+        with open(filename, "rb") as f:
+            return f.read()
+    except OSError as e:
+        issues.append(ConfigIssue(path, f"cannot read {what} file {filename}: "
+                                  f"{e.strerror or e}"))
+        return None
+
+
+def _l4_state(lst: Listener, clusters: dict[str, CoreCluster]) -> L4ListenerState:
+    if lst.protocol == "tcp":
+        assert lst.tcp is not None  # the decoder guarantees it
+        return L4ListenerState(
+            lst.name, "tcp", [(("*",), clusters[lst.tcp.cluster])],
+            idle_timeout=lst.tcp.idle_timeout, buffer_limit=lst.buffer_limit)
+    return L4ListenerState(
+        lst.name, "tls_passthrough",
+        [(r.server_names, clusters[r.cluster]) for r in lst.sni_routes],
+        idle_timeout=lst.idle_timeout, buffer_limit=lst.buffer_limit,
+        hello_timeout=CLIENT_HELLO_TIMEOUT)
 
 
 def _retry_args(rp) -> dict:

@@ -44,8 +44,8 @@ def load_checked(path: str | os.PathLike[str]) -> Config:
     config = load_config(Path(path))
     try:
         TableBuilder().build(config)
-    except FilterConfigError:
-        raise
+    except (FilterConfigError, ConfigError):
+        raise  # already names the field at fault (filters, TLS files)
     except Exception as e:  # user filter code may raise anything while being built
         raise FilterConfigError(f"building filters failed: {type(e).__name__}: {e}") from e
     return config

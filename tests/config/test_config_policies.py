@@ -318,7 +318,8 @@ RULES = [
         [
             (
                 "spec.routes[0].retry_policy.retry_on[1]: unsupported value 'timeout' (allowed: "
-                "5xx, gateway-error, connect-failure, reset, retriable-status-codes)"
+                "5xx, gateway-error, connect-failure, reset, retriable-status-codes, cancelled, "
+                "deadline-exceeded, internal, resource-exhausted, unavailable)"
             )
         ],
     ),

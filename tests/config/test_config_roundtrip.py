@@ -23,6 +23,7 @@ from omnirelay.config import (
     HeaderEdits,
     HeaderMatch,
     HeaderValue,
+    Http2Options,
     Listener,
     Metadata,
     Mirror,
@@ -34,7 +35,10 @@ from omnirelay.config import (
     Rollout,
     Route,
     RouteMatch,
+    SniRoute,
     Spec,
+    TcpProxy,
+    TlsContext,
     WeightedCluster,
     canonical_json,
     config_to_dict,
@@ -185,7 +189,25 @@ def outlier_detections(draw: st.DrawFn) -> OutlierDetection:
     )
 
 
-_RETRY_ON = ["5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes"]
+_RETRY_ON = [
+    "5xx",
+    "gateway-error",
+    "connect-failure",
+    "reset",
+    "retriable-status-codes",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+]
+_WINDOW = st.integers(65535, 2**31 - 1)
+http2_options = st.just(Http2Options()) | st.builds(
+    Http2Options,
+    max_concurrent_streams=st.integers(1, 2**31 - 1),
+    initial_stream_window_size=_WINDOW,
+    initial_connection_window_size=_WINDOW,
+)
 
 
 @st.composite
@@ -233,6 +255,8 @@ def clusters(draw: st.DrawFn, name: str) -> Cluster:
         idle_timeout=draw(seconds),
         max_idle_per_endpoint=draw(st.integers(0, 10_000)),
         buffer_limit=draw(st.integers(1, 2**32)),
+        protocol=draw(st.sampled_from(["http1", "http2"])),
+        http2=draw(http2_options),
     )
 
 
@@ -363,8 +387,49 @@ def routes(draw: st.DrawFn, name: str, cluster_names: list[str]) -> Route:
     )
 
 
+tls_contexts = st.builds(
+    TlsContext,
+    cert_file=st.text(min_size=1, max_size=12),
+    key_file=st.text(min_size=1, max_size=12),
+    alpn=st.lists(st.sampled_from(["h2", "http/1.1"]), min_size=1, unique=True).map(tuple),
+)
+server_names = st.one_of(dns_names, dns_names.map(lambda n: f"*.{n}"))
+
+
 @st.composite
-def listeners(draw: st.DrawFn, name: str, route_names: list[str]) -> Listener:
+def sni_routes(draw: st.DrawFn, cluster_names: list[str]) -> tuple[SniRoute, ...]:
+    # Names are unique across routes, and '*' only in the last one (anything else is dead).
+    names = draw(st.lists(server_names, min_size=1, max_size=6, unique=True))
+    cuts = sorted(draw(st.sets(st.integers(1, len(names) - 1), max_size=2))) if len(names) > 1 else []
+    groups = [names[i:j] for i, j in zip([0, *cuts], [*cuts, len(names)], strict=True)]
+    if draw(st.booleans()):
+        groups[-1] = [*groups[-1], "*"]
+    return tuple(SniRoute(tuple(g), draw(st.sampled_from(cluster_names))) for g in groups)
+
+
+@st.composite
+def l4_listeners(draw: st.DrawFn, name: str, cluster_names: list[str]) -> Listener:
+    protocol = draw(st.sampled_from(["tcp", "tls_passthrough"]))
+    tcp = None
+    if protocol == "tcp":
+        tcp = TcpProxy(draw(st.sampled_from(cluster_names)), draw(seconds))
+    return Listener(
+        name=name,
+        address=draw(ipv4 | ipv6 | st.just("localhost")),
+        port=draw(st.integers(0, 65535)),
+        protocol=protocol,
+        tcp=tcp,
+        sni_routes=draw(sni_routes(cluster_names)) if protocol == "tls_passthrough" else (),
+        idle_timeout=draw(seconds) if protocol == "tls_passthrough" else 300.0,
+        buffer_limit=draw(st.integers(1, 2**32)),
+    )
+
+
+@st.composite
+def listeners(draw: st.DrawFn, name: str, route_names: list[str],
+              cluster_names: list[str]) -> Listener:
+    if draw(st.integers(0, 3)) == 0:
+        return draw(l4_listeners(name, cluster_names))
     refs = st.none()
     if route_names:
         refs |= st.lists(st.sampled_from(route_names), unique=True).map(tuple)
@@ -372,6 +437,8 @@ def listeners(draw: st.DrawFn, name: str, route_names: list[str]) -> Listener:
         name=name,
         address=draw(ipv4 | ipv6 | st.just("localhost")),
         port=draw(st.integers(0, 65535)),
+        tls=draw(st.none() | tls_contexts),
+        http2=draw(http2_options),
         routes=draw(refs),
         filters=draw(filters),
         max_header_bytes=draw(st.integers(1024, 1024 * 1024)),
@@ -395,7 +462,7 @@ def configs(draw: st.DrawFn) -> Config:
     cluster_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
     route_names = draw(st.lists(names, max_size=4, unique=True))
     listener_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
-    drawn = [draw(listeners(name, route_names)) for name in listener_names]
+    drawn = [draw(listeners(name, route_names, cluster_names)) for name in listener_names]
     seen: set[object] = set()
     distinct = []
     for listener in drawn:
@@ -472,6 +539,20 @@ SHAPES = {
     "endpoint priority": lambda c: any(
         e.priority and e.locality for cl in c.spec.clusters for e in cl.endpoints
     ),
+    "tcp listener": lambda c: any(lst.tcp for lst in c.spec.listeners),
+    "sni routes": lambda c: any(len(lst.sni_routes) > 1 for lst in c.spec.listeners),
+    "sni catch-all": lambda c: any(
+        "*" in r.server_names for lst in c.spec.listeners for r in lst.sni_routes
+    ),
+    "tls termination": lambda c: any(lst.tls for lst in c.spec.listeners),
+    "listener http2": lambda c: any(lst.http2 != Http2Options() for lst in c.spec.listeners),
+    "http2 cluster": lambda c: any(cl.protocol == "http2" for cl in c.spec.clusters),
+    "grpc retry": lambda c: any(
+        r.retry_policy
+        and {"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
+        & set(r.retry_policy.retry_on)
+        for r in c.spec.routes
+    ),
 }
 
 
@@ -479,7 +560,8 @@ def test_generator_reaches_interesting_shapes() -> None:
     """Guard against the strategy silently collapsing to trivial configs."""
     missing = set(SHAPES)
 
-    @settings(max_examples=100, phases=[Phase.generate], database=None, deadline=None)
+    @settings(max_examples=300, phases=[Phase.generate], database=None, deadline=None,
+              derandomize=True)
     @given(configs())
     def probe(config: Config) -> None:
         missing.difference_update(name for name in list(missing) if SHAPES[name](config))
