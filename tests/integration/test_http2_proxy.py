@@ -521,3 +521,37 @@ async def test_max_concurrent_streams_exceeded_ends_the_connection():
             await fresh.handshake()
             await fresh.request(1, "GET", "/after")
             assert (await fresh.response(1)).status == 200
+
+
+async def test_drain_sends_goaway_and_lets_the_open_stream_finish():
+    """Stopping a listener tells HTTP/2 clients with GOAWAY(NO_ERROR) naming the last
+    stream it will process; that stream still completes, then the connection closes."""
+    release = asyncio.Event()
+
+    async def held(reader, writer, srv):
+        srv.requests.append(await read_request(reader))
+        srv.event.set()
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+        await writer.drain()
+
+    async with RawServer(held) as srv:
+        await srv.start()
+        relay = omnirelay.Relay(h2_config(srv.port))
+        await relay.start()
+        try:
+            async with await RawH2.open(relay.address()) as conn:
+                await conn.handshake()
+                await conn.request(1, "GET", "/slow")
+                await asyncio.wait_for(srv.event.wait(), 5)
+                stopping = asyncio.ensure_future(relay.stop(drain_timeout=10))
+                goaway = await conn.read_until(lambda f: f.type == GOAWAY)
+                assert (goaway.error_code, goaway.last_stream_id) == (NO_ERROR, 1), goaway
+                release.set()
+                resp = await conn.response(1)
+                assert (resp.status, resp.body) == (200, b"done")
+                assert await conn.until_closed() in ("eof", "reset")
+                await asyncio.wait_for(stopping, 10)
+        finally:
+            release.set()
+            await relay.stop(drain_timeout=0.1)
