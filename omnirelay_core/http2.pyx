@@ -91,6 +91,7 @@ cdef class H2ServerConnection(ServerConnection):
     cdef int empty_frames
     cdef bint flooded               # a flood limit of ours tripped inside a callback
     cdef bint lingering             # GOAWAY sent and write side shut: discard input
+    cdef bint flush_scheduled
     cdef object error               # an exception raised inside a callback
 
     def __dealloc__(self):
@@ -235,6 +236,19 @@ cdef class H2ServerConnection(ServerConnection):
             self.close()
         return 0
 
+    cdef int schedule_flush(self) except -1:
+        # Stream events (upstream bytes arriving for many streams) coalesce into
+        # one write per loop iteration; input processing flushes at its end anyway.
+        if self.in_recv or self.flush_scheduled:
+            return 0
+        self.flush_scheduled = True
+        asyncio.get_running_loop().call_soon(self._scheduled_flush)
+        return 0
+
+    def _scheduled_flush(self):
+        self.flush_scheduled = False
+        self.flush()
+
     cdef int goaway(self, uint32_t code) except -1:
         return self.fatal(code)
 
@@ -362,13 +376,13 @@ cdef class H2ServerConnection(ServerConnection):
             rv = nghttp2_submit_response(self.session, st.id, nv.nva, nv.n, &prd)
         if rv != 0:
             _log.debug("submit_response on stream %d: %s", st.id, nghttp2_strerror(rv).decode())
-        return self.flush()
+        return self.schedule_flush()
 
     cdef int submit_continue(self, HttpStream s) except -1:
         cdef NvArray nv = NvArray(1)
         nv.add(_STATUS, b"100")
         nghttp2_submit_headers(self.session, NGHTTP2_FLAG_NONE, s.stream_id, NULL, nv.nva, 1, NULL)
-        return self.flush()
+        return self.schedule_flush()
 
     cdef int queue_data(self, HttpStream s, const char* p, Py_ssize_t n, bint end_stream) except -1:
         cdef H2StreamState st = self.streams.get(s.stream_id)
@@ -398,7 +412,7 @@ cdef class H2ServerConnection(ServerConnection):
         if st.deferred:
             st.deferred = False
             nghttp2_session_resume_data(self.session, st.id)
-        return self.flush()
+        return self.schedule_flush()
 
     cdef ssize_t read_body(self, H2StreamState st, uint8_t* buf, size_t length,
                            uint32_t* flags) except? -1:
@@ -444,13 +458,13 @@ cdef class H2ServerConnection(ServerConnection):
         if not disable and st.unconsumed:
             nghttp2_session_consume(self.session, st.id, st.unconsumed)
             st.unconsumed = 0
-            self.flush()
+            self.schedule_flush()
         return 0
 
     cdef int reset_stream(self, int32_t sid, uint32_t code) except -1:
         if self.session != NULL and not self.closed:
             nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, sid, code)
-            self.flush()
+            self.schedule_flush()
         return 0
 
     cdef int stream_complete(self, HttpStream s) except -1:
@@ -463,7 +477,7 @@ cdef class H2ServerConnection(ServerConnection):
             # nghttp2 would send it ahead of the queued response.
             nghttp2_session_consume(self.session, st.id, st.unconsumed)
             st.unconsumed = 0
-        return self.flush()
+        return self.schedule_flush()
 
     # ---- transport events ----
     cdef int on_eof(self) except -1:
