@@ -59,7 +59,9 @@ cdef class H2ClientConnection(Connection):
 
     cdef int begin(self) except -1
     cdef int capacity(self)
+    cdef bint flush_scheduled
     cdef int flush(self) except -1
+    cdef int schedule_flush(self) except -1
     cdef int _recv(self, const char* p, Py_ssize_t n) except -1
 
 

@@ -157,7 +157,7 @@ cdef class H2UpstreamStream(UpstreamConnection):
             asyncio.get_running_loop().call_soon(self._fail_soon, nghttp2_strerror(self.sid).decode())
             return 0
         c.streams[self.sid] = self
-        return c.flush()
+        return c.schedule_flush()
 
     def _fail_soon(self, str why):
         cb = self.cb
@@ -194,7 +194,7 @@ cdef class H2UpstreamStream(UpstreamConnection):
         if self.deferred and not self.stream_closed:
             self.deferred = False
             nghttp2_session_resume_data(self.conn.session, self.sid)
-        return self.conn.flush()
+        return self.conn.schedule_flush()
 
     cdef int write(self, object data) except -1:
         return self.send_data(data)
@@ -216,7 +216,7 @@ cdef class H2UpstreamStream(UpstreamConnection):
         if self.unconsumed and not self.stream_closed and self.conn.session != NULL:
             nghttp2_session_consume(self.conn.session, self.sid, self.unconsumed)
             self.unconsumed = 0
-            self.conn.flush()
+            self.conn.schedule_flush()
 
     cdef void detach_and_close(self):
         # The stream gave up on this request: cancel it, keep the connection.
@@ -457,6 +457,18 @@ cdef class H2ClientConnection(Connection):
                                    and not nghttp2_session_want_write(self.session)):
                 self.close()
         return 0
+
+    cdef int schedule_flush(self) except -1:
+        # Requests from many streams coalesce into one write per loop iteration.
+        if self.in_recv or self.flush_scheduled:
+            return 0
+        self.flush_scheduled = True
+        asyncio.get_running_loop().call_soon(self._scheduled_flush)
+        return 0
+
+    def _scheduled_flush(self):
+        self.flush_scheduled = False
+        self.flush()
 
     def sweep(self, double now, double limit):
         if self.ready and not self.streams and now - self.idle_since >= limit:
