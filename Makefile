@@ -15,12 +15,17 @@ PIP := $(PY) -m pip
 # System packages: a compiler for the Cython core and libnghttp2-dev for its HTTP/2 codec; curl
 # for the demo and the HTTP/2 tests; nginx (Debian 12's, built with the http_v2 and grpc
 # modules) + wrk for the end-to-end benchmarks and the tests that compare against nginx;
-# nghttp2-client for h2load (HTTP/2 load in tests and bench/e2e/h2.py).
-APT_PACKAGES ?= build-essential curl libnghttp2-dev nghttp2-client nginx wrk
+# nghttp2-client for h2load (HTTP/2 load in tests and bench/e2e/h2.py); prometheus for the
+# test in which a real Prometheus server scrapes the admin API's /metrics (the test runs its
+# own server on a free port; on a machine with systemd, Debian also enables its service);
+# clang, lld, wasi-libc and compiler-rt's wasm32 builtins to build the C test plugins of the
+# Wasm host (tests/extensions: clang --target=wasm32-wasi).
+APT_PACKAGES ?= build-essential curl libnghttp2-dev nghttp2-client nginx wrk prometheus \
+	clang lld wasi-libc libclang-rt-14-dev-wasm32
 PYTEST_ARGS ?=
 BENCH_E2E_ARGS ?=
 LINT_PATHS := $(wildcard omnirelay omnirelay_core meshkit tests bench)
-PROTO_OUT ?= omnirelay/_protos
+PROTO_OUT := omnirelay/config/protos
 
 # The editable install compiles every .pyx; rebuild when any Cython source, or the set of
 # them, changes (SOURCES_LIST is rewritten only when a file is added or removed).
@@ -37,7 +42,7 @@ help:
 	@echo "make run-demo   start a demo upstream and an edge proxy"
 	@echo "make lint       ruff check"
 	@echo "make wheel      build a wheel for this machine into dist/"
-	@echo "make protos     generate Python modules from protos/*.proto (no-op when there are none)"
+	@echo "make protos     generate omnirelay.config.protos from protos/*.proto (grpcio-tools)"
 	@echo "make clean      remove build outputs and the setup stamp; distclean also removes $(VENV)"
 
 setup: $(STAMP)
@@ -102,15 +107,13 @@ lint: setup
 wheel: setup
 	PYTHON=$(PY) bash wheels/build.sh
 
-# Placeholder until the first .proto lands: succeeds without doing anything when there are none.
+# protos/*.proto -> $(PROTO_OUT)/*_pb2{,_grpc}.py{,i} with grpcio-tools. The generated modules
+# are build output (git-ignored, never edited): importing omnirelay.config.protos in a checkout
+# also rebuilds them when missing or stale. `make protos FORCE_PROTOS=1` rebuilds regardless.
 protos:
-	@shopt -s nullglob; files=(protos/*.proto); \
-	if [ $${#files[@]} -eq 0 ]; then echo "protos: no protos/*.proto; nothing to generate"; exit 0; fi; \
-	$(PY) -c 'import grpc_tools' 2>/dev/null || \
-	  { echo "protos: grpc_tools missing; run make setup, then $(PIP) install grpcio-tools" >&2; exit 1; }; \
-	mkdir -p $(PROTO_OUT); \
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
-	  --grpc_python_out=$(PROTO_OUT) "$${files[@]}"
+	@$(PY) -c 'import grpc_tools' 2>/dev/null || \
+	  { echo "protos: grpc_tools missing; run make setup (or $(PIP) install grpcio-tools)" >&2; exit 1; }
+	$(PY) $(PROTO_OUT)/_build.py $(if $(FORCE_PROTOS),--force)
 
 clean:
 	rm -rf build dist *.egg-info

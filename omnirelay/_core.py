@@ -20,12 +20,13 @@ from omnirelay_core.l4 import L4ListenerRuntime, L4ListenerState, L4Stats
 from omnirelay_core.router import HeaderEdits, RouteEntry, RouteTable
 from omnirelay_core.server import ListenerRuntime
 from omnirelay_core.sni import SniTable, negotiated_alpn, parse_client_hello
-from omnirelay_core.stats import Stats
+from omnirelay_core.stats import UPSTREAM_TIME_BOUNDS, Stats, UpstreamStats
 from omnirelay_core.stream import HttpStream, ListenerState
 from omnirelay_core.upstream import Cluster, Endpoint
 
 __all__ = [
     "HOOK_METHODS",
+    "UPSTREAM_TIME_BOUNDS",
     "BadRequest",
     "BodyTooLarge",
     "BufferPool",
@@ -51,6 +52,7 @@ __all__ = [
     "Stats",
     "UpstreamProtocolError",
     "UpstreamReset",
+    "UpstreamStats",
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "negotiated_alpn",

@@ -4,7 +4,8 @@
         print(relay.url())          # http://127.0.0.1:PORT
         ...
 
-The same class is what each worker process of `omnirelay run` runs. Listeners with
+The same class is what each worker process of `omnirelay run` runs (there without its own
+admin listener: the supervisor serves the admin API). Listeners with
 `protocol: tcp` or `tls_passthrough` run the core's L4 proxy; `protocol: http` with `tls`
 terminates TLS (the core reads the negotiated ALPN protocol to pick its codec).
 """
@@ -20,11 +21,14 @@ from pathlib import Path
 from typing import Any, Self
 
 from omnirelay._core import L4ListenerRuntime, L4ListenerState, ListenerRuntime, pool_stats
+from omnirelay.admin import AdminApp, AsyncAdminServer, RelaySource
 from omnirelay.clusters import HealthCheckers
-from omnirelay.config import Config, Endpoint, Listener, load_config
+from omnirelay.config import Admin, Config, Endpoint, Listener, load_config
 from omnirelay.config.endpoints import decode_endpoints
+from omnirelay.config.schema import decode_admin
 from omnirelay.discovery import Feeds
 from omnirelay.runtime.build import BuiltConfig, TableBuilder
+from omnirelay.telemetry import snapshot
 
 log = logging.getLogger("omnirelay")
 
@@ -39,7 +43,13 @@ def _kind(lst: Listener) -> str:
     """What the listening socket is: a change of kind needs a new socket (and server)."""
     if lst.protocol != "http":
         return "l4"
-    return "https" if lst.tls is not None else "http"
+    if lst.tls is None:
+        return "http"
+    if lst.tls.client_ca_file is None:
+        return "https"
+    # The client-certificate demand is fixed when a connection's TLS object is made from
+    # the listener's first context, so changing it needs a new socket.
+    return "https+mtls" if lst.tls.require_client_certificate else "https+optional-mtls"
 
 
 class _TlsSwitch:
@@ -60,13 +70,40 @@ class _TlsSwitch:
             sslobj.context = current
 
 
+def _admin_settings(admin: Admin | Mapping[str, Any] | bool | None,
+                    config: Config) -> Admin | None:
+    if admin is None:
+        return config.admin
+    if admin is False:
+        return None
+    if admin is True:
+        return config.admin or Admin()
+    if isinstance(admin, Admin):
+        return admin
+    if isinstance(admin, Mapping):
+        return decode_admin(admin)  # checked like the config's `admin` block
+    raise TypeError(f"admin must be an Admin, a mapping, a bool or None, not "
+                    f"{type(admin).__name__}")
+
+
 class Relay:
-    """Listeners, clusters and route tables of one process, on the running loop."""
+    """Listeners, clusters and route tables of one process, on the running loop.
+
+    `admin`: None serves the config's `admin` block if it has one; False never serves an
+    admin listener; True serves one (the config's settings, else 127.0.0.1:9901); an
+    `omnirelay.config.Admin` or a mapping shaped like the config block overrides it."""
 
     def __init__(self, config: Config | str | Path | dict | bytes, *,
-                 reuse_port: bool = False, ports: dict[str, int] | None = None):
+                 reuse_port: bool = False, ports: dict[str, int] | None = None,
+                 admin: Admin | Mapping[str, Any] | bool | None = None):
         self._builder = TableBuilder()
         self._built = self._builder.build(_as_config(config))
+        self._admin_settings = _admin_settings(admin, self._built.config)
+        self._admin: AsyncAdminServer | None = None
+        self._admin_source: RelaySource | None = None
+        self.ready = False  # a config is active and listeners accept (the admin's /ready)
+        self.reloads = {"applied": 0, "rejected": 0}
+        self.config_since = time.time()
         self._health = HealthCheckers()
         self._feeds = Feeds(on_update=self._endpoints_changed)
         self._reuse_port = reuse_port
@@ -89,6 +126,8 @@ class Relay:
             raise RuntimeError("Relay already started")
         self._started = True
         try:
+            if self._admin_settings is not None:
+                await self._start_admin(self._admin_settings)
             self._feeds.sync(self.config, self._builder)
             self._health.sync(self.config, self._builder.clusters)
             for lst in self.config.spec.listeners:
@@ -97,6 +136,13 @@ class Relay:
             await self.stop(drain_timeout=0)
             raise
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+        self.ready = True
+
+    async def _start_admin(self, settings: Admin) -> None:
+        self._admin_source = RelaySource(self, settings)
+        self._admin = AsyncAdminServer(AdminApp(self._admin_source))
+        host, port = await self._admin.start(settings.address, settings.port)
+        log.info("admin on %s", _http_url(host, port))
 
     async def _start_listener(self, lst: Listener, built: BuiltConfig) -> None:
         state = built.listeners[lst.name]
@@ -122,7 +168,9 @@ class Relay:
 
         HTTP connections close once their response is done; L4 (tcp, tls_passthrough)
         connections have no message boundary and run until either side closes them or
-        the deadline aborts them."""
+        the deadline aborts them. The admin listener (if any) answers until the end, with
+        /ready at 503."""
+        self.ready = False
         await self._feeds.close()
         await self._health.stop()
         if self._sweeper is not None:
@@ -133,6 +181,9 @@ class Relay:
         self._tls.clear()
         for c in self._builder.clusters.values():
             c.close_idle()
+        if self._admin is not None:
+            await self._admin.stop()
+            self._admin = None
         self._started = False
 
     async def _drain(self, runtimes: list[ListenerRuntime | L4ListenerRuntime],
@@ -163,8 +214,12 @@ class Relay:
         A listener keeps its socket when its address, port and kind (plain HTTP, TLS
         HTTP, L4) stay: new connections get the new routes, clusters, SNI routes and
         certificates; open ones finish with what they had."""
-        cfg = _as_config(config)
-        built = self._builder.build(cfg)
+        try:
+            cfg = _as_config(config)
+            built = self._builder.build(cfg)
+        except Exception:
+            self.reloads["rejected"] += 1
+            raise
         if self._started:
             # Before any await: a feed the new config drops or changes must not write to the
             # rebuilt clusters in between.
@@ -191,6 +246,8 @@ class Relay:
         if self._started:
             self._health.sync(cfg, self._builder.clusters)
         self.config_version = cfg.metadata.version
+        self.config_since = time.time()
+        self.reloads["applied"] += 1
         if gone:
             asyncio.get_running_loop().create_task(self._drain(gone, 30.0))
         log.info("config %s active (%d listeners)", self.config_version, len(new_names))
@@ -229,6 +286,8 @@ class Relay:
             for r in self._listeners.values():
                 r.sweep(now)
             self._builder.sweep(now)
+            if self._admin_source is not None:
+                self._admin_source.refresh()  # samples for the admin's request rates
 
     # ---- introspection ----
     def address(self, listener: str | None = None) -> tuple[str, int]:
@@ -241,12 +300,26 @@ class Relay:
         host, port = self._bound[name]
         host = f"[{host}]" if ":" in host else host
         kind = self._binding[name][2]
-        scheme = "tcp" if kind == "l4" else kind
+        scheme = "tcp" if kind == "l4" else kind.partition("+")[0]
         return f"{scheme}://{host}:{port}"
 
     @property
     def addresses(self) -> dict[str, tuple[str, int]]:
         return dict(self._bound)
+
+    @property
+    def admin_address(self) -> tuple[str, int] | None:
+        """Where the admin listener accepts, once started; None without one."""
+        return self._admin.address if self._admin is not None else None
+
+    def admin_url(self) -> str | None:
+        addr = self.admin_address
+        return None if addr is None else _http_url(*addr)
+
+    def telemetry_snapshot(self) -> dict[str, Any]:
+        """This process's counters as metric series, and its clusters' state
+        (telemetry.samples.snapshot): what a worker reports to the supervisor."""
+        return snapshot(self._listeners, self._builder.clusters, self._builder.upstream_stats)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -258,6 +331,10 @@ class Relay:
             "health": self._health.status(),
             "discovery": self._feeds.status(),
         }
+
+
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _endpoint_documents(endpoints: object) -> object:

@@ -18,7 +18,7 @@ from omnirelay_core.includes.nghttp2 cimport *
 from omnirelay_core.connection cimport Connection, monotonic
 from omnirelay_core.headers cimport HeaderMap
 from omnirelay_core.stream cimport HttpStream, DownstreamCodec, ListenerState, _new_stream
-from omnirelay_core.server cimport ServerConnection, ListenerRuntime
+from omnirelay_core.server cimport ServerConnection, ListenerRuntime, peer_identity_of
 
 _log = logging.getLogger("omnirelay.core")
 
@@ -257,6 +257,7 @@ cdef class H2ServerConnection(ServerConnection):
         cdef H2StreamState st = H2StreamState.__new__(H2StreamState)
         cdef HttpStream s = _new_stream(self.codec, self.listener.state, self.peer, self.peer_bytes)
         s.stream_id = sid
+        s.peer_identity = self.peer_identity
         s.http_minor = 1
         s.keep_alive = True
         st.s = s
@@ -705,6 +706,7 @@ def take_over(ListenerRuntime listener, transport, str peer, bytes initial):
     Connection.connection_made(c, transport)
     c.peer = peer
     c.peer_bytes = peer.encode()
+    c.peer_identity = peer_identity_of(transport)
     c.draining = listener.draining
     listener.connections.add(c)
     transport.set_protocol(c)

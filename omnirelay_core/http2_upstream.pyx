@@ -15,6 +15,7 @@ from omnirelay_core.upstream cimport UpstreamCallbacks, UpstreamConnection, Endp
 from omnirelay_core.http2 cimport NvArray
 
 from omnirelay_core.errors import UpstreamUnavailable, UpstreamReset
+from omnirelay_core.upstream import open_connection
 
 _log = logging.getLogger("omnirelay.core")
 
@@ -72,20 +73,13 @@ cdef UpstreamConnection h2_connect(Endpoint ep, UpstreamCallbacks cb):
 async def _connect(H2ClientConnection c):
     cdef Endpoint ep = c.endpoint
     cdef H2UpstreamStream h
-    loop = asyncio.get_running_loop()
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: c, ep.host, ep.port),
-                               ep.cluster.connect_timeout)
-    except (asyncio.TimeoutError, OSError) as e:
+        await open_connection(ep, c)
+    except UpstreamUnavailable as exc:
         ep.connect_failures += 1
         c.closed = True
         if c in ep.h2_conns:
             ep.h2_conns.remove(c)
-        exc = UpstreamUnavailable(
-            f"connect to {ep.host}:{ep.port} timed out" if isinstance(e, asyncio.TimeoutError)
-            else f"connect to {ep.host}:{ep.port} failed: {e.strerror or e}",
-            reason="upstream_connect_timeout" if isinstance(e, asyncio.TimeoutError)
-            else "upstream_connect_failure")
         waiting, c.waiting = c.waiting, []
         for x in waiting:
             h = <H2UpstreamStream>x
@@ -95,7 +89,6 @@ async def _connect(H2ClientConnection c):
             if cb is not None:
                 (<UpstreamCallbacks>cb).on_upstream_connect_failed(h, exc)
         return
-    ep.open_connections += 1
     c.begin()
 
 
@@ -490,7 +483,7 @@ cdef class H2ClientConnection(Connection):
         cdef H2UpstreamStream h
         cdef Endpoint ep = self.endpoint
         self.going_away = True
-        if self.ready:
+        if self.transport is not None:
             ep.open_connections -= 1
         if self in ep.h2_conns:
             ep.h2_conns.remove(self)

@@ -1,6 +1,7 @@
 from omnirelay_core.headers cimport HeaderMap
 from omnirelay_core.upstream cimport Cluster
 from omnirelay_core.filterchain cimport FilterChain
+from omnirelay_core.stats cimport UpstreamStats
 
 
 cdef struct RequestView:
@@ -103,9 +104,13 @@ cdef class RouteEntry:
     cdef readonly bytes reply_body
     cdef readonly list reply_headers
     cdef readonly object redirect       # a dict of the redirect's parts
+    # upstream counters of this route, per cluster (ACTION_CLUSTER: the first only)
+    cdef readonly UpstreamStats cluster_stats
+    cdef readonly tuple weighted_stats  # ACTION_WEIGHTED: parallel to `clusters`
 
     cdef int matches(self, RequestView* rq, HeaderMap headers) except -1
     cdef Cluster pick_cluster(self, unsigned long long r)
+    cdef UpstreamStats stats_for(self, Cluster c)
     cdef bytes rewrite_target(self, bytes target)
 
 

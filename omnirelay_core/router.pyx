@@ -105,11 +105,13 @@ cdef class RouteEntry:
                  double retry_budget_percent=20.0, int retry_min_concurrency=3,
                  str prefix_rewrite=None, str regex_rewrite=None, str regex_substitution=None,
                  str host_rewrite=None, bint auto_host=False, HeaderEdits request_edits=None,
-                 HeaderEdits response_edits=None, mirrors=()):
+                 HeaderEdits response_edits=None, mirrors=(), upstream_stats=None):
         """`headers`: (name, kind, value, invert) with kind "exact" | "regex" | "present";
         `query`: (name, kind, value); `weighted`: (Cluster, weight); `direct`:
         (status, body bytes, [(name, value)]); `redirect`: a dict (code, scheme, host,
-        port, path, prefix_rewrite, strip_query); `mirrors`: (Cluster, percent)."""
+        port, path, prefix_rewrite, strip_query); `mirrors`: (Cluster, percent);
+        `upstream_stats`: {cluster name: UpstreamStats} to count into (kept across
+        reloads by the caller); a cluster missing from it gets a fresh one."""
         cdef unsigned long long total = 0
         self.name = name
         if direct is not None:
@@ -137,6 +139,13 @@ cdef class RouteEntry:
                 raise ValueError(f"route {name!r} has no action")
             self.action = ACTION_CLUSTER
             self.cluster = cluster
+        stats = upstream_stats or {}
+        if self.action == ACTION_WEIGHTED:
+            self.weighted_stats = tuple(stats.get(c.name) or UpstreamStats()
+                                        for c in self.clusters)
+            self.cluster_stats = self.weighted_stats[0]
+        elif self.action == ACTION_CLUSTER:
+            self.cluster_stats = stats.get(cluster.name) or UpstreamStats()
         self.retry_on = 0
         for cond in retry_on:
             self.retry_on |= _RETRY_ON[cond]
@@ -264,6 +273,16 @@ cdef class RouteEntry:
             if r < <unsigned long long>self.cum_weights[i]:
                 return <Cluster>self.clusters[i]
         return <Cluster>self.clusters[len(self.clusters) - 1]
+
+    cdef UpstreamStats stats_for(self, Cluster c):
+        # The counters of `c` on this route (c is the route's cluster or one of its
+        # weighted clusters): a scan of a few pointers, no Python call.
+        cdef Py_ssize_t i
+        if self.action == ACTION_WEIGHTED:
+            for i in range(len(self.clusters)):
+                if self.clusters[i] is c:
+                    return <UpstreamStats>self.weighted_stats[i]
+        return self.cluster_stats
 
     cdef bytes rewrite_target(self, bytes target):
         # The upstream request target after prefix or regex rewriting (query kept).

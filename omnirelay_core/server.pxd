@@ -10,9 +10,13 @@ cdef class ServerConnection(Connection):
     cdef str peer
     cdef bytes peer_bytes
     cdef bint draining
+    cdef str peer_identity          # the client certificate's SPIFFE ID (URI SAN), if any
     cdef int register(self, object transport) except -1
     cdef int sweep(self, double now) except -1
     cdef int start_drain(self) except -1
+
+
+cdef str peer_identity_of(object transport)
 
 
 cdef class ListenerRuntime:

@@ -144,10 +144,25 @@ cdef bint _h2c_upgrade(HeaderMap h):
     return i >= 0 and h.value_has_token(i, b"h2c", 3)
 
 
+cdef str peer_identity_of(object transport):
+    # A verified client certificate's first URI SAN (its SPIFFE ID, by convention).
+    tls = transport.get_extra_info("ssl_object")
+    if tls is None:
+        return None
+    cert = tls.getpeercert()
+    if not cert:
+        return None
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "URI":
+            return value
+    return None
+
+
 cdef class ServerConnection(Connection):
 
     cdef int register(self, object transport) except -1:
         Connection.connection_made(self, transport)
+        self.peer_identity = peer_identity_of(transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "unknown"
         self.peer_bytes = self.peer.encode()
@@ -273,6 +288,7 @@ cdef class Http1ServerConnection(ServerConnection):
         cdef ListenerState st = self.listener.state
         self.parser.max_header_bytes = st.max_header_bytes
         self.stream = _new_stream(self.codec, st, self.peer, self.peer_bytes)
+        self.stream.peer_identity = self.peer_identity
         self.request_started = self.last_activity
         return 0
 

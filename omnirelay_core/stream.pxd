@@ -3,7 +3,7 @@ from omnirelay_core.buffers cimport ByteBuilder
 from omnirelay_core.upstream cimport UpstreamCallbacks, UpstreamConnection, Endpoint
 from omnirelay_core.router cimport RouteEntry, RouteTable
 from omnirelay_core.filterchain cimport FilterState
-from omnirelay_core.stats cimport Stats
+from omnirelay_core.stats cimport Stats, UpstreamStats
 from omnirelay_core.upstream cimport Cluster
 
 
@@ -61,10 +61,13 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef public int http_minor
     cdef readonly int status
     cdef readonly str peer
+    cdef public str peer_identity    # client certificate SPIFFE ID on mTLS listeners
     cdef bytes peer_bytes
     cdef public bytes request_id
     cdef readonly RouteEntry route
     cdef readonly Cluster cluster   # the route's, or the one weighted splitting chose
+    cdef UpstreamStats ustats       # the route's counters for that cluster, once started
+    cdef double try_start           # monotonic start of the current upstream attempt
     cdef list shadows
     cdef UpstreamConnection upstream
     cdef FilterState fstate

@@ -21,7 +21,7 @@ from omnirelay_core.router cimport (RouteEntry, RouteTable, RequestView, fill_vi
                                     ACTION_REDIRECT)
 from omnirelay_core.shadow cimport ShadowRequest, new_shadow
 from omnirelay_core.http2_upstream cimport H2UpstreamStream, h2_acquire, h2_connect
-from omnirelay_core.stats cimport Stats
+from omnirelay_core.stats cimport Stats, UpstreamStats
 from omnirelay_core.upstream cimport hash_bytes, LB_RING_HASH
 from omnirelay_core.filterchain cimport (FilterChain, FilterState, CONTINUE, STOP, LOCAL_REPLY,
                                          REQUEST_HEADERS, REQUEST_BODY, REQUEST_TRAILERS,
@@ -432,6 +432,12 @@ cdef class HttpStream(UpstreamCallbacks):
             h.add_raw(b"x-forwarded-proto", 17, self.listener.scheme, len(self.listener.scheme))
         if self.listener.via:
             _append_via(h, self.listener.via11 if self.http_minor else self.listener.via10)
+        # x-forwarded-client-cert is ours alone: a client's own is dropped (Envoy's SANITIZE),
+        # a verified client certificate's identity is passed on (SANITIZE_SET).
+        h.remove_raw(b"x-forwarded-client-cert", 23)
+        if self.peer_identity is not None:
+            v = b"URI=" + self.peer_identity.encode()
+            h.add_raw(b"x-forwarded-client-cert", 23, v, len(v))
         i = h.find(b"x-request-id", 12, 0)
         if i < 0 or h.entries[i].value_len != len(self.request_id) or memcmp(
                 h.value_at(i), PyBytes_AS_STRING(self.request_id), len(self.request_id)) != 0:
@@ -459,6 +465,8 @@ cdef class HttpStream(UpstreamCallbacks):
         cdef unsigned long long key = 0
         cdef Py_ssize_t i
         cdef int open_cx = 0
+        if self.ustats is None:
+            self.ustats = route.stats_for(cluster)
         if not self.rq_counted:
             if cluster.rq_active >= cluster.max_requests:
                 return self._overflow("max_requests")
@@ -478,6 +486,8 @@ cdef class HttpStream(UpstreamCallbacks):
         self.endpoint = ep
         self.attempts += 1
         self.listener.stats.upstream_rq_total += 1
+        self.ustats.rq_total += 1
+        self.try_start = monotonic()
         if route.per_try_timeout > 0 and not self.is_upgrade and not self.is_connect:
             self.try_timer = asyncio.get_running_loop().call_later(
                 route.per_try_timeout, self._on_try_timeout)
@@ -578,6 +588,7 @@ cdef class HttpStream(UpstreamCallbacks):
         self.pending = list(self.replay) if self.replay is not None else None
         self.pending_bytes = self.replay_bytes if self.replay is not None else 0
         self.listener.stats.upstream_rq_retry += 1
+        self.ustats.rq_retry += 1
         self.cluster.retries_active += 1
         self.retry_counted = True
         # Exponential backoff with full jitter.
@@ -610,6 +621,7 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.done or self.resp_started:
             return
         self.listener.stats.upstream_rq_per_try_timeout += 1
+        self.ustats.rq_per_try_timeout += 1
         self._attempt_failed(UpstreamTimeout("upstream per-try timeout"), RETRY_RESET)
 
     cdef int _start_timer(self) except -1:
@@ -631,6 +643,8 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.done or self.resp_end:
             return
         self.listener.stats.upstream_rq_timeout += 1
+        if self.ustats is not None:     # None: the timeout hit before an upstream attempt
+            self.ustats.rq_timeout += 1
         self.fail(UpstreamTimeout("upstream request timeout"))
 
     cdef int on_upstream_ready(self, UpstreamConnection c) except -1:
@@ -671,6 +685,7 @@ cdef class HttpStream(UpstreamCallbacks):
 
     cdef int on_upstream_connect_failed(self, UpstreamConnection c, object exc) except -1:
         self.listener.stats.upstream_cx_connect_fail += 1
+        self.ustats.cx_connect_fail += 1
         if c is not self.connecting:
             return 0
         self._abandon_connect()
@@ -835,6 +850,7 @@ cdef class HttpStream(UpstreamCallbacks):
             self.try_timer.cancel()
             self.try_timer = None
         self.cluster.report(c.endpoint, status)
+        self.ustats.count_status(status)
         if self._should_retry(0, status):
             # Discard this response (and its connection) and try again.
             return self._retry()
@@ -922,6 +938,7 @@ cdef class HttpStream(UpstreamCallbacks):
         cdef HeaderMap t
         if self.done:
             return 0
+        self.ustats.record_time(monotonic() - self.try_start)
         t = c.take_trailers()
         if t is not None:
             self.response_trailers = t
@@ -957,6 +974,8 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.done:
             return 0
         self.listener.stats.upstream_rq_reset += 1
+        if self.ustats is not None:
+            self.ustats.rq_reset += 1
         if (c is not None and c.reused and not c.got_bytes and not self.resp_started
                 and self.req_body_bytes == 0 and not self.tunnel):
             # A pooled connection the upstream closed as we reused it: one fresh try.
@@ -1110,6 +1129,8 @@ cdef class HttpStream(UpstreamCallbacks):
             self.rq_counted = False
             self.cluster.rq_active -= 1
         st.downstream_rq_active -= 1
+        st.downstream_rq_body_bytes += self.req_body_bytes
+        st.downstream_rs_body_bytes += self.resp_body_bytes
         cls = self.status // 100
         if cls == 2:
             st.downstream_rq_2xx += 1

@@ -78,6 +78,10 @@ cdef class Cluster:
     cdef readonly double overprovisioning
     # upstream HTTP/2 (h2c, prior knowledge) and the settings we send
     cdef public bint h2
+    # TLS origination (None: cleartext): context, SNI, allowed peer SPIFFE IDs
+    cdef readonly object ssl_context
+    cdef readonly str tls_sni
+    cdef readonly tuple spiffe_allow
     cdef public unsigned int h2_max_concurrent_streams
     cdef public unsigned int h2_initial_stream_window
     cdef public unsigned int h2_initial_connection_window

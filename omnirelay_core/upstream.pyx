@@ -2,6 +2,7 @@
 # client connection whose response events go to the stream that holds it.
 import asyncio
 import logging
+import ssl
 
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
@@ -262,6 +263,15 @@ cdef class Cluster:
         self.h2_max_concurrent_streams = max_concurrent_streams
         self.h2_initial_stream_window = initial_stream_window
         self.h2_initial_connection_window = initial_connection_window
+
+    def set_tls(self, ssl_context=None, str sni=None, allowed_spiffe_ids=()):
+        """Originate TLS to the endpoints (None: cleartext). Pooled connections keep
+        the context they were made with; new ones use this one."""
+        if ssl_context is not self.ssl_context:
+            self.close_idle()
+        self.ssl_context = ssl_context
+        self.tls_sni = sni
+        self.spiffe_allow = tuple(allowed_spiffe_ids)
 
     def set_overprovisioning(self, double factor):
         """A level of health h takes min(100%, factor x h) of the load it is offered."""
@@ -545,26 +555,64 @@ cdef class Endpoint:
                 "connect_failures": self.connect_failures, "reuses": self.reuses}
 
 
-async def _connect(Endpoint ep, UpstreamConnection c, UpstreamCallbacks cb):
+async def open_connection(Endpoint ep, protocol):
+    """Connect `protocol` to the endpoint: TCP, then TLS when the cluster originates
+    it (SNI, verification, ALPN, the SPIFFE allow list). Counts the connection in
+    open_connections once it exists; raises UpstreamUnavailable saying what failed."""
+    cdef Cluster cl = ep.cluster
     loop = asyncio.get_running_loop()
+    kw = {}
+    if cl.ssl_context is not None:
+        kw["ssl"] = cl.ssl_context
+        kw["server_hostname"] = cl.tls_sni or ep.host
+    where = f"{ep.host}:{ep.port}"
     try:
-        await asyncio.wait_for(
-            loop.create_connection(lambda: c, ep.host, ep.port),
-            ep.cluster.connect_timeout)
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(lambda: protocol, ep.host, ep.port, **kw), cl.connect_timeout)
     except asyncio.TimeoutError:
-        ep.connect_failures += 1
-        ep.active -= 1
-        cb.on_upstream_connect_failed(c, UpstreamUnavailable(
-            f"connect to {ep.host}:{ep.port} timed out", reason="upstream_connect_timeout"))
-        return
+        raise UpstreamUnavailable(f"connect to {where} timed out",
+                                  reason="upstream_connect_timeout") from None
+    except ssl.SSLError as e:
+        _log.warning("cluster %s: TLS with %s failed: %s", cl.name, where,
+                     getattr(e, "verify_message", None) or e.reason or e)
+        raise UpstreamUnavailable(f"TLS handshake with {where} failed: "
+                                  f"{getattr(e, 'verify_message', None) or e.reason or e}",
+                                  reason="upstream_tls_failure") from None
     except OSError as e:
+        raise UpstreamUnavailable(f"connect to {where} failed: {e.strerror or e}",
+                                  reason="upstream_connect_failure") from None
+    ep.open_connections += 1
+    if cl.ssl_context is None:
+        return transport
+    tls = transport.get_extra_info("ssl_object")
+    if cl.spiffe_allow:
+        ids = _uri_sans(tls.getpeercert() or {})
+        if not any(i in cl.spiffe_allow for i in ids):
+            transport.abort()
+            _log.warning("cluster %s: %s presented %s, not an allowed SPIFFE ID", cl.name,
+                         where, ", ".join(ids) or "no URI SAN")
+            raise UpstreamUnavailable(
+                f"upstream {where} identity {', '.join(ids) or '(none)'} is not allowed",
+                reason="upstream_identity_mismatch")
+    if cl.h2 and tls.selected_alpn_protocol() != "h2":
+        transport.abort()
+        raise UpstreamUnavailable(f"upstream {where} did not negotiate h2 by ALPN",
+                                  reason="upstream_alpn_mismatch")
+    return transport
+
+
+def _uri_sans(cert):
+    return [v for k, v in cert.get("subjectAltName", ()) if k == "URI"]
+
+
+async def _connect(Endpoint ep, UpstreamConnection c, UpstreamCallbacks cb):
+    try:
+        await open_connection(ep, c)
+    except UpstreamUnavailable as e:
         ep.connect_failures += 1
         ep.active -= 1
-        cb.on_upstream_connect_failed(c, UpstreamUnavailable(
-            f"connect to {ep.host}:{ep.port} failed: {e.strerror or e}",
-            reason="upstream_connect_failure"))
+        cb.on_upstream_connect_failed(c, e)
         return
-    ep.open_connections += 1
     cb.on_upstream_ready(c)
     c.flush_early()
 

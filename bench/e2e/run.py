@@ -16,6 +16,7 @@ peer ran, 1 when one failed to start or to serve (its reason is in `failed_peers
     .venv/bin/python bench/e2e/run.py                       # all peers, 3 rounds of 5 s
     .venv/bin/python bench/e2e/run.py --peers direct,nginx,aiohttp --duration 2 --rounds 1
     .venv/bin/python bench/e2e/run.py --scenario routes --duration 4 --rounds 2
+    .venv/bin/python bench/e2e/run.py --peers omnirelay,omnirelay-admin --skip-large  # telemetry cost
 """
 from __future__ import annotations
 
@@ -57,7 +58,10 @@ TARGETS = {
     "omnirelay_over_aiohttp_rps": (">=", 3.0),
     "omnirelay_over_nginx_p99": ("<=", 2.0),
     "omnirelay_over_nginx_1m_throughput": (">=", 0.5),
+    # the same proxy with its admin listener scraped every second (metrics on) vs without
+    "omnirelay_admin_over_omnirelay_rps": (">=", 0.85),
 }
+SCRAPE_INTERVAL = 1.0  # how often the omnirelay-admin peer's /metrics is read during the run
 LARGE_PEERS = ("direct", "nginx", "omnirelay")  # peers measured on the 1 MiB body
 
 
@@ -72,6 +76,12 @@ spec:
   clusters:
     - {{name: upstream, endpoints: [{{address: {HOST}, port: {upstream_port}}}]}}
 """
+
+
+def omnirelay_admin_config(port: int, upstream_port: int, admin_port: int) -> str:
+    """The omnirelay peer's config plus an admin listener (workers then report their
+    counters to the supervisor every 0.5 s, which serves them on /metrics)."""
+    return omnirelay_config(port, upstream_port) + f"admin: {{address: {HOST}, port: {admin_port}}}\n"
 
 
 def nginx_conf(name: str, tmp: Path, server_body: str, http_extra: str = "") -> str:
@@ -142,6 +152,7 @@ class Bench:
     nginx: str
     omnirelay: str
     upstream_port: int = 0
+    admin_port: int = 0  # the omnirelay-admin peer's admin listener
 
     def write(self, name: str, text: str) -> str:
         path = self.tmp / name
@@ -161,6 +172,10 @@ PEERS = {
                                           nginx_proxy_conf(b.tmp, port, b.upstream_port)),
     "omnirelay": lambda b, port: [b.omnirelay, "run", "--workers", "1", "--config",
                                   b.write("omnirelay.yaml", omnirelay_config(port, b.upstream_port))],
+    "omnirelay-admin": lambda b, port: [
+        b.omnirelay, "run", "--workers", "1", "--config",
+        b.write("omnirelay-admin.yaml",
+                omnirelay_admin_config(port, b.upstream_port, b.admin_port))],
     "aiohttp": lambda b, port: [sys.executable, str(HERE / "aiohttp_proxy.py"), "--host", HOST,
                                 "--port", str(port), "--upstream", f"{HOST}:{b.upstream_port}"],
 }
@@ -392,6 +407,33 @@ class Peer:
     peak_rss_mb: list[float] = field(default_factory=list)
 
 
+class Scraper(threading.Thread):
+    """Reads /metrics every SCRAPE_INTERVAL, as a Prometheus server would, for the whole run."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.port = port
+        self.scrapes = 0
+        self.failures = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(SCRAPE_INTERVAL):
+            try:
+                status, body = http_get(self.port, "/metrics")
+                ok = status == 200 and b"omnirelay_downstream_requests_total" in body
+            except (OSError, http.client.HTTPException):
+                ok = False
+            self.scrapes += ok
+            self.failures += not ok
+
+    def stop(self) -> dict:
+        self.done.set()
+        self.join(5)
+        return {"scrapes": self.scrapes, "failures": self.failures,
+                "interval_s": SCRAPE_INTERVAL}
+
+
 def rotated(items: list, k: int) -> list:
     """Round k starts at a different peer, so no peer always runs first (or last)."""
     k %= max(len(items), 1)
@@ -479,6 +521,8 @@ def report(args, peers: list[Peer], failed: dict) -> dict:
         return small.get(peer, {}).get(key)
 
     ratios = {
+        "omnirelay_admin_over_omnirelay_rps": _ratio(get("omnirelay-admin", "rps"),
+                                                     get("omnirelay", "rps")),
         "omnirelay_over_nginx_rps": _ratio(get("omnirelay", "rps"), get("nginx", "rps")),
         "omnirelay_over_aiohttp_rps": _ratio(get("omnirelay", "rps"), get("aiohttp", "rps")),
         "omnirelay_over_nginx_p99": _ratio(get("omnirelay", "p99_ms"), get("nginx", "p99_ms")),
@@ -502,6 +546,7 @@ def report(args, peers: list[Peer], failed: dict) -> dict:
         "targets": targets,
         "targets_met": None if None in verdicts else all(verdicts),
         "failed_peers": failed,
+        "admin_scrapes": getattr(args, "admin_scrapes", None),
     }
 
 
@@ -548,14 +593,20 @@ def run(args, procs: Processes, tmp: Path) -> dict:
     bench = start_upstream(args, procs, tmp)
     peers: list[Peer] = []
     failed: dict[str, str] = {}
+    scraper = None
     for name in args.peers:
         build = PEERS[name]
         if build is None:
             peers.append(Peer(name, bench.upstream_port, None))
             continue
+        if name == "omnirelay-admin":
+            bench.admin_port = free_port()
         started = start_peer(args, procs, name, build, bench, failed)
         if started:
             peers.append(Peer(name, *started))
+            if name == "omnirelay-admin":
+                scraper = Scraper(bench.admin_port)
+                scraper.start()
 
     if peers:
         log(f"small body: {args.rounds} rounds x {len(peers)} peers x "
@@ -565,6 +616,10 @@ def run(args, procs: Processes, tmp: Path) -> dict:
         if large_peers and not args.skip_large:
             log(f"1 MiB body: {len(large_peers)} peers, -c{args.large_connections}")
             measure_rounds(args, large_peers, failed, large=True)
+    if scraper is not None:
+        args.admin_scrapes = scraper.stop()
+        if args.admin_scrapes["failures"]:
+            log(f"omnirelay-admin: {args.admin_scrapes['failures']} /metrics scrapes failed")
     return report(args, peers, failed)
 
 

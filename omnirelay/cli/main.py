@@ -1,4 +1,4 @@
-"""The `omnirelay` command: run, validate, version."""
+"""The `omnirelay` command: run, status, validate, version."""
 from __future__ import annotations
 
 import platform
@@ -7,6 +7,7 @@ import click
 
 from omnirelay._version import __version__
 from omnirelay.cli.run import run
+from omnirelay.cli.status import status
 from omnirelay.cli.validate import validate
 
 
@@ -29,6 +30,7 @@ def version():
 
 
 cli.add_command(run)
+cli.add_command(status)
 cli.add_command(validate)
 
 

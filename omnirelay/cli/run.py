@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from omnirelay import demo
+from omnirelay.admin import AdminApp, AdminBindError, PolledAdminServer, SupervisorSource
 from omnirelay.cli.common import Duration, indent, plural
 from omnirelay.cli.logs import FORMATS, LEVELS, setup_logging
 from omnirelay.config import ConfigError, load_config
@@ -47,12 +48,30 @@ def run(config_path, demo_mode, port, workers, drain_timeout, log_level, log_for
     raise SystemExit(_supervise(supervisor))
 
 
+def serve_admin(supervisor: Supervisor) -> None:
+    """Bind the config's admin listener into the supervisor's poll loop and say where it is.
+
+    Raises AdminBindError."""
+    admin = supervisor.config.admin
+    if admin is None:
+        return
+    server = PolledAdminServer(AdminApp(SupervisorSource(supervisor)), admin.address, admin.port)
+    supervisor.services.append(server)
+    supervisor.report_stats = True
+    click.echo(f"omnirelay: admin on {url(*server.address)}")
+
+
 def _supervise(supervisor: Supervisor) -> int:
     try:
+        serve_admin(supervisor)
         return supervisor.run()
-    except BindError as e:
+    except (BindError, AdminBindError) as e:
         click.echo(f"omnirelay: {e}", err=True)
         return 1
+    finally:
+        if supervisor.phase.value == "starting":  # run() never got to close them
+            for service in supervisor.services:
+                service.close()
 
 
 def announce(addresses: dict[str, tuple[str, int]], workers: int) -> None:

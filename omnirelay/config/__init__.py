@@ -9,6 +9,7 @@ from .errors import ConfigError, ConfigIssue
 from .frozen import FrozenDict
 from .loader import load_config
 from .model import (
+    Admin,
     CircuitBreakers,
     Cluster,
     Config,
@@ -37,12 +38,14 @@ from .model import (
     Spec,
     TcpProxy,
     TlsContext,
+    UpstreamTls,
     WeightedCluster,
 )
 from .serialize import config_to_dict
 from .units import parse_duration, parse_size
 
 __all__ = [
+    "Admin",
     "CircuitBreakers",
     "Cluster",
     "Config",
@@ -74,6 +77,7 @@ __all__ = [
     "Spec",
     "TcpProxy",
     "TlsContext",
+    "UpstreamTls",
     "WeightedCluster",
     "canonical_json",
     "config_to_dict",

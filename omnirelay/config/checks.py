@@ -272,6 +272,21 @@ def substitution(pattern: str, template: object) -> str:
     return text
 
 
+ADMIN_TOKEN_MIN = 16
+
+
+def admin_token(value: object) -> str:
+    """A bearer token: printable ASCII without spaces, long enough not to be guessed."""
+    text = string(value)
+    if any(not "!" <= c <= "~" for c in text):
+        raise ValueError("invalid token: use printable ASCII without spaces")
+    if not ADMIN_TOKEN_MIN <= len(text) <= 1024:
+        raise ValueError(
+            f"token must be {ADMIN_TOKEN_MIN} to 1024 characters long, got {len(text)}"
+        )
+    return text
+
+
 def via_name(value: object) -> str:
     if string(value) and not _TOKEN.fullmatch(value):
         raise ValueError(f"invalid via name {value!r}: must be an RFC 9110 token or empty")
@@ -383,6 +398,23 @@ def server_name(value: object) -> str:
             f"invalid server name {text!r}: use '*', '*.example.com' or an exact DNS name "
             "(no port, no trailing dot)"
         )
+    return text
+
+
+def spiffe_id(value: object) -> str:
+    """A SPIFFE ID: spiffe://<trust domain>/<path> (the trust domain lowercase, no port)."""
+    text = nonempty_string(value)
+    scheme, sep, rest = text.partition("://")
+    domain, _, id_path = rest.partition("/")
+    if scheme != "spiffe" or not sep or not domain or not _dns_name(domain) or ":" in domain:
+        raise ValueError(
+            f"invalid SPIFFE ID {text!r}: use spiffe://<trust-domain>/<path>, "
+            "e.g. spiffe://example.org/ns/prod/sa/payments"
+        )
+    if domain != domain.lower():
+        raise ValueError(f"invalid SPIFFE ID {text!r}: the trust domain must be lowercase")
+    if not id_path or any(seg in ("", ".", "..") for seg in id_path.split("/")):
+        raise ValueError(f"invalid SPIFFE ID {text!r}: the path needs non-empty segments")
     return text
 
 

@@ -85,6 +85,19 @@ class Http2Options:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """TLS origination toward a cluster's endpoints."""
+
+    sni: str | None = None  # server_name sent and verified; None = the endpoint's address
+    ca_file: str | None = None  # PEM trust bundle; None = the system's
+    verify: bool = True  # False skips certificate and name checks (testing only)
+    cert_file: str | None = None  # client certificate chain for mTLS (with key_file)
+    key_file: str | None = None
+    alpn: tuple[str, ...] = ()  # offered; "h2" for `protocol: http2` clusters
+    allowed_spiffe_ids: tuple[str, ...] = ()  # the peer's URI SAN must be one of these
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...]
@@ -98,7 +111,8 @@ class Cluster:
     circuit_breakers: CircuitBreakers = CircuitBreakers()
     outlier_detection: OutlierDetection | None = None
     overprovisioning_factor: float = 1.4  # >= 1.0; see priority failover in docs
-    protocol: str = "http1"  # upstream HTTP version: "http1" | "http2" (h2c, prior knowledge)
+    protocol: str = "http1"  # upstream HTTP version: "http1" | "http2" (prior knowledge or ALPN)
+    tls: UpstreamTls | None = None
     http2: Http2Options = Http2Options()
     discovery: Discovery | None = None  # endpoints may be empty only when this is set
 
@@ -249,11 +263,13 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class TlsContext:
-    """TLS termination on a listener (issue 7 extends this with client certificates)."""
+    """TLS termination on a listener, optionally verifying client certificates (mTLS)."""
 
     cert_file: str  # PEM certificate chain
     key_file: str  # PEM private key
     alpn: tuple[str, ...] = ("h2", "http/1.1")  # offered in preference order
+    client_ca_file: str | None = None  # PEM bundle client certificates are verified against
+    require_client_certificate: bool = False  # needs client_ca_file; False = optional
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +338,18 @@ class Rollout:
     waves: tuple[FrozenDict, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """The admin HTTP listener of a node: health, readiness, metrics, stats, config dump and
+    the token-protected mutations (drain, log level). Node-local, like the listeners' sockets.
+    At most one of `token` / `token_file`; with neither, the mutations answer 403."""
+
+    address: str = "127.0.0.1"  # IP literal or "localhost"; keep it on loopback
+    port: int = 9901  # 0 = any free port
+    token: str | None = None  # bearer token for POST endpoints
+    token_file: str | None = None  # a file holding the token (read when the admin starts)
+
+
 _Named = TypeVar("_Named", Listener, Route, Cluster)
 
 
@@ -338,6 +366,7 @@ class Config:
     metadata: Metadata
     spec: Spec
     rollout: Rollout | None = None
+    admin: Admin | None = None  # no admin listener unless given
 
     def cluster(self, name: str) -> Cluster:
         """The cluster called `name`; KeyError if there is none."""

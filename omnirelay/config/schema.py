@@ -17,9 +17,10 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from . import checks
-from .errors import ConfigIssue, field_path, item_path
+from .errors import ConfigError, ConfigIssue, field_path, item_path
 from .frozen import FrozenDict
 from .model import (
+    Admin,
     CircuitBreakers,
     Cluster,
     Config,
@@ -48,10 +49,11 @@ from .model import (
     Spec,
     TcpProxy,
     TlsContext,
+    UpstreamTls,
     WeightedCluster,
 )
 from .units import format_duration
-from .validate import Outline, graph_issues
+from .validate import Outline, admin_socket_issues, graph_issues
 
 _ABSENT: Any = object()  # optional field not given: the dataclass default applies
 _BAD: Any = object()  # value failed a check; its issue is already recorded
@@ -120,6 +122,16 @@ def decode_document(document: object) -> tuple[Config | None, list[ConfigIssue]]
     if decoder.issues:
         return None, decoder.issues
     return config, []
+
+
+def decode_admin(value: object) -> Admin | None:
+    """The `admin` block alone (for `Relay(admin=...)`); raises ConfigError with issues at
+    `admin.*`. Null gives None."""
+    decoder = _Decoder()
+    admin = decoder.admin(value, "admin")
+    if decoder.issues:
+        raise ConfigError(decoder.issues)
+    return admin
 
 
 def _required(cls: type) -> tuple[str, ...]:
@@ -319,16 +331,40 @@ class _Decoder:
                 "", f"expected a mapping at the document root, got {checks.type_name(document)}"
             )
             return _BAD
-        obj = self.mapping(document, "", ("metadata", "spec", "rollout"), ("spec",))
+        obj = self.mapping(document, "", ("metadata", "spec", "rollout", "admin"), ("spec",))
         metadata = self.nested(obj, "", "metadata", self.metadata)
+        spec = self.nested(obj, "", "spec", self.spec)
+        admin = self.nested(obj, "", "admin", self.admin)
+        if isinstance(spec, Spec) and isinstance(admin, Admin):
+            self.issues += admin_socket_issues(admin.address, admin.port, spec.listeners)
         return self.build(
             Config,
             {
                 "metadata": Metadata() if metadata is _ABSENT else metadata,
-                "spec": self.nested(obj, "", "spec", self.spec),
+                "spec": spec,
                 "rollout": self.nested(obj, "", "rollout", self.rollout),
+                "admin": admin,
             },
         )
+
+    def admin(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, Admin)
+        if obj is None:
+            return _BAD
+        values = {
+            "address": self.field(obj, path, "address", checks.listen_address),
+            "port": self.field(obj, path, "port", checks.integer(0, 65535)),
+            "token": self.field(obj, path, "token", checks.optional(checks.admin_token)),
+            "token_file": self.field(
+                obj, path, "token_file", checks.optional(checks.nonempty_string)
+            ),
+        }
+        if _given(obj, "token") and _given(obj, "token_file"):
+            self.report(path, "at most one of 'token' or 'token_file' may be given")
+            return _BAD
+        return self.build(Admin, values)
 
     def metadata(self, value: object, path: str) -> Any:
         obj = self.shape(value, path, Metadata)
@@ -491,13 +527,62 @@ class _Decoder:
             "cert_file": self.field(obj, path, "cert_file", checks.nonempty_string),
             "key_file": self.field(obj, path, "key_file", checks.nonempty_string),
             "alpn": self.nested(obj, path, "alpn", alpn),
+            "client_ca_file": self.field(
+                obj, path, "client_ca_file", checks.optional(checks.nonempty_string)
+            ),
+            "require_client_certificate": self.field(
+                obj, path, "require_client_certificate", checks.boolean
+            ),
         }
+        if values["require_client_certificate"] is True and not _given(obj, "client_ca_file"):
+            self.report(
+                field_path(path, "require_client_certificate"),
+                "needs client_ca_file (the bundle client certificates are verified against)",
+            )
+            return _BAD
         protocols = values["alpn"]
         if protocols not in (_ABSENT, _BAD) and not self.distinct(
             list(protocols), field_path(path, "alpn"), "protocol"
         ):
             return _BAD
         return self.build(TlsContext, values)
+
+    def upstream_tls(self, value: object, path: str) -> Any:
+        # Like listener TLS, the files are read when the cluster is built.
+        if value is None:
+            return None
+        obj = self.shape(value, path, UpstreamTls)
+        if obj is None:
+            return _BAD
+        alpn = self.list_of(self.checked(checks.one_of(_ALPN_PROTOCOLS)))
+        values = {
+            "sni": self.field(obj, path, "sni", checks.optional(checks.server_name)),
+            "ca_file": self.field(obj, path, "ca_file", checks.optional(checks.nonempty_string)),
+            "verify": self.field(obj, path, "verify", checks.boolean),
+            "cert_file": self.field(obj, path, "cert_file", checks.optional(checks.nonempty_string)),
+            "key_file": self.field(obj, path, "key_file", checks.optional(checks.nonempty_string)),
+            "alpn": self.nested(obj, path, "alpn", alpn),
+            "allowed_spiffe_ids": self.nested(
+                obj, path, "allowed_spiffe_ids", self.list_of(self.checked(checks.spiffe_id))
+            ),
+        }
+        if values["sni"] == "*" or (isinstance(values["sni"], str) and "*" in values["sni"]):
+            self.report(field_path(path, "sni"), "must be an exact DNS name, not a wildcard")
+            return _BAD
+        if _given(obj, "cert_file") != _given(obj, "key_file"):
+            missing = "key_file" if _given(obj, "cert_file") else "cert_file"
+            self.report(
+                field_path(path, missing),
+                "cert_file and key_file go together (the client certificate for mTLS)",
+            )
+            return _BAD
+        if values["verify"] is False and _given(obj, "allowed_spiffe_ids"):
+            self.report(
+                field_path(path, "allowed_spiffe_ids"),
+                "needs verify: true (an unverified certificate proves no identity)",
+            )
+            return _BAD
+        return self.build(UpstreamTls, values)
 
     def http2_options(self, value: object, path: str) -> Any:
         obj = self.shape(value, path, Http2Options)
@@ -1009,6 +1094,7 @@ class _Decoder:
             ),
             "protocol": self.field(obj, path, "protocol", checks.one_of(_CLUSTER_PROTOCOLS)),
             "http2": self.nested(obj, path, "http2", self.http2_options),
+            "tls": self.nested(obj, path, "tls", self.upstream_tls),
             "discovery": self.nested(obj, path, "discovery", self.discovery),
         }
         if discovered and values["endpoints"] is _ABSENT:

@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ConfigIssue, item_path
 
@@ -144,6 +145,17 @@ def _socket_conflicts(listeners: Sequence[Outline]) -> list[ConfigIssue]:
         else:
             bound[key] = (index, listener)
     return issues
+
+
+def admin_socket_issues(address: str, port: int, listeners: Sequence[Any]) -> list[ConfigIssue]:
+    """The admin listener may not take the socket of a listener (decoded `Listener`s)."""
+    if not port:
+        return []
+    for index, listener in enumerate(listeners):
+        if listener.port == port and _address_key(listener.address) == _address_key(address):
+            owner = f"listener {listener.name!r} ({item_path('spec.listeners', index)})"
+            return [ConfigIssue("admin.port", f"{_socket(listener)} is already used by {owner}")]
+    return []
 
 
 def _address_key(address: str) -> object:

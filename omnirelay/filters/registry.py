@@ -9,7 +9,8 @@ from omnirelay.filters.base import FilterFactory
 
 _REGISTRY: dict[str, type[FilterFactory]] = {}
 _BUILTIN_MODULES = ("omnirelay.filters.http.headers", "omnirelay.filters.http.python",
-                    "omnirelay.filters.http.fault", "omnirelay.filters.http.local_ratelimit")
+                    "omnirelay.filters.http.fault", "omnirelay.filters.http.local_ratelimit",
+                    "omnirelay.filters.http.jwt_authn", "omnirelay.filters.http.rbac")
 
 
 class FilterConfigError(ValueError):

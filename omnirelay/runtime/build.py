@@ -1,7 +1,8 @@
 """Compile a validated Config into the core's immutable tables.
 
-Clusters are the only long-lived objects: a reload keeps the core Cluster (and
-the pools of endpoints that stay) so in-flight and idle connections survive.
+Clusters are the long-lived objects: a reload keeps the core Cluster (and the
+pools of endpoints that stay) so in-flight and idle connections survive. So are the
+upstream counters of each (route, cluster) pair, so that counters only ever grow.
 Everything that can fail (filter factories, TLS certificates) is built before
 anything is touched.
 """
@@ -11,10 +12,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
+import omnirelay.extensions.wasm.filter  # noqa: F401  (registers omnirelay.filters.http.wasm)
 from omnirelay._core import Cluster as CoreCluster
 from omnirelay._core import (
     HeaderEdits,
@@ -22,11 +20,14 @@ from omnirelay._core import (
     ListenerState,
     RouteEntry,
     RouteTable,
+    UpstreamStats,
 )
-from omnirelay.config import Config, ConfigError, ConfigIssue
-from omnirelay.config.model import Endpoint, Listener, Route, TlsContext
+from omnirelay.config import Config
+from omnirelay.config.model import Endpoint, Listener, Route
 from omnirelay.config.model import HeaderEdits as HeaderEditsSpec
 from omnirelay.filters.registry import build_chain, build_factory
+from omnirelay.runtime.tls import build_client_contexts, build_tls_contexts
+from omnirelay.security.upstream import publish_clusters
 
 # How long a tls_passthrough listener waits for a whole ClientHello.
 CLIENT_HELLO_TIMEOUT = 5.0
@@ -46,6 +47,8 @@ class TableBuilder:
         self.clusters: dict[str, CoreCluster] = {}
         # Endpoints a discovery feed set, by cluster: they outlive config reloads.
         self.discovered: dict[str, tuple[Endpoint, ...]] = {}
+        # Upstream counters by (route, cluster): they outlive config reloads.
+        self.upstream_stats: dict[tuple[str, str], UpstreamStats] = {}
 
     def build(self, config: Config) -> BuiltConfig:
         spec = config.spec
@@ -58,6 +61,7 @@ class TableBuilder:
                        for j, f in enumerate(lst.filters)]
             for i, lst in enumerate(spec.listeners)}
         tls = build_tls_contexts(spec.listeners)
+        cluster_tls = build_client_contexts(spec.clusters)
         # Nothing below can fail on a validated config: commit cluster changes.
         clusters = {}
         for c in spec.clusters:
@@ -70,9 +74,8 @@ class TableBuilder:
             h2 = c.http2
             core.set_http2(c.protocol == "http2", h2.max_concurrent_streams,
                            h2.initial_stream_window_size, h2.initial_connection_window_size)
-            core.set_http2(c.protocol == "http2", c.http2.max_concurrent_streams,
-                           c.http2.initial_stream_window_size,
-                           c.http2.initial_connection_window_size)
+            core.set_tls(cluster_tls.get(c.name), c.tls.sni if c.tls else None,
+                         c.tls.allowed_spiffe_ids if c.tls else ())
             discovered = self.discovered.get(c.name)
             if c.discovery is None or discovered is None:
                 # A discovery-fed cluster keeps what its feed said across reloads.
@@ -96,6 +99,16 @@ class TableBuilder:
                 old.close_idle()
                 self.discovered.pop(name, None)
         self.clusters = clusters
+        publish_clusters(self, clusters)  # filters that call clusters (JWKS) find them by name
+        upstream_stats = {}
+        route_stats: dict[str, dict[str, UpstreamStats]] = {}
+        for r in spec.routes:
+            names = [w.name for w in r.weighted_clusters] or ([r.cluster] if r.cluster else [])
+            for name in names:
+                key = (r.name, name)
+                stats = upstream_stats[key] = self.upstream_stats.get(key) or UpstreamStats()
+                route_stats.setdefault(r.name, {})[name] = stats
+        self.upstream_stats = upstream_stats
         listeners: dict[str, ListenerState | L4ListenerState] = {}
         for lst in spec.listeners:
             if lst.protocol != "http":
@@ -105,7 +118,8 @@ class TableBuilder:
             for r in config.routes_for(lst):
                 factories = listener_filters[lst.name] + route_filters[r.name]
                 entries.append(_route_entry(
-                    r, clusters, build_chain(factories) if factories else None))
+                    r, clusters, build_chain(factories) if factories else None,
+                    route_stats.get(r.name, {})))
             listeners[lst.name] = ListenerState(
                 lst.name, RouteTable(entries), via=lst.via,
                 xff_trusted_hops=lst.xff_trusted_hops, max_header_bytes=lst.max_header_bytes,
@@ -129,81 +143,6 @@ class TableBuilder:
     def sweep(self, now: float) -> None:
         for c in self.clusters.values():
             c.sweep(now)
-
-
-def build_tls_contexts(listeners: Sequence[Listener]) -> dict[str, ssl.SSLContext]:
-    """The server SSLContext of every TLS-terminating listener, by name. Raises ConfigError
-    with one issue per unreadable or unusable certificate or key file."""
-    contexts = {}
-    issues: list[ConfigIssue] = []
-    for i, lst in enumerate(listeners):
-        if lst.protocol == "http" and lst.tls is not None:
-            try:
-                contexts[lst.name] = server_ssl_context(lst.tls, f"spec.listeners[{i}].tls")
-            except ConfigError as e:
-                issues += e.issues
-    if issues:
-        raise ConfigError(issues)
-    return contexts
-
-
-def server_ssl_context(tls: TlsContext, path: str = "tls") -> ssl.SSLContext:
-    """TLS 1.2+ with the certificate chain and key of `tls`, offering its ALPN protocols in
-    the configured order (the server's preference decides). Raises ConfigError naming the
-    file and what is wrong with it; `path` locates the `tls` section in the document."""
-    cert_path, key_path = f"{path}.cert_file", f"{path}.key_file"
-    issues = []
-    cert = _read(tls.cert_file, cert_path, "certificate", issues)
-    key = _read(tls.key_file, key_path, "private key", issues)
-    if cert is not None:
-        try:
-            if not x509.load_pem_x509_certificates(cert):
-                raise ValueError("no certificate found")
-        except ValueError as e:
-            issues.append(ConfigIssue(
-                cert_path, f"{tls.cert_file}: not a PEM certificate chain ({e})"))
-            cert = None
-    if key is not None:
-        try:
-            load_pem_private_key(key, password=None)
-        except TypeError:
-            issues.append(ConfigIssue(
-                key_path, f"{tls.key_file}: the private key is encrypted; give an "
-                "unencrypted PEM key (readable only by the proxy's user)"))
-            key = None
-        except (ValueError, UnsupportedAlgorithm) as e:
-            issues.append(ConfigIssue(key_path, f"{tls.key_file}: not a PEM private key ({e})"))
-            key = None
-    if issues:
-        raise ConfigError(issues)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    try:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    except ssl.SSLError as e:
-        if "KEY_VALUES_MISMATCH" in str(e):
-            raise ConfigError([ConfigIssue(
-                key_path, f"{tls.key_file}: the private key does not match the certificate "
-                f"in {tls.cert_file}")]) from None
-        raise ConfigError([ConfigIssue(
-            cert_path, f"cannot load {tls.cert_file} with key {tls.key_file}: "
-            f"{e.reason or e}")]) from None
-    except OSError as e:  # the files changed under us
-        raise ConfigError([ConfigIssue(
-            cert_path, f"cannot load {tls.cert_file}: {e.strerror or e}")]) from None
-    ctx.set_alpn_protocols(list(tls.alpn))
-    return ctx
-
-
-def _read(filename: str, path: str, what: str, issues: list[ConfigIssue]) -> bytes | None:
-    try:
-        with open(filename, "rb") as f:
-            return f.read()
-    except OSError as e:
-        issues.append(ConfigIssue(path, f"cannot read {what} file {filename}: "
-                                  f"{e.strerror or e}"))
-        return None
 
 
 def _l4_state(lst: Listener, clusters: dict[str, CoreCluster]) -> L4ListenerState:
@@ -238,7 +177,8 @@ def _edits(spec: HeaderEditsSpec) -> HeaderEdits:
                        [(h.name, h.value) for h in spec.add])
 
 
-def _route_entry(r: Route, clusters: dict[str, CoreCluster], chain) -> RouteEntry:
+def _route_entry(r: Route, clusters: dict[str, CoreCluster], chain,
+                 upstream_stats: dict[str, UpstreamStats]) -> RouteEntry:
     m = r.match
     if m.path_regex is not None:
         path, path_kind = m.path_regex, "regex"
@@ -285,4 +225,5 @@ def _route_entry(r: Route, clusters: dict[str, CoreCluster], chain) -> RouteEntr
         request_edits=_edits(r.request_headers),
         response_edits=_edits(r.response_headers),
         mirrors=[(clusters[mi.cluster], mi.percent) for mi in r.mirrors],
+        upstream_stats=upstream_stats,
         **_retry_args(r.retry_policy))

@@ -1,8 +1,10 @@
 """The supervisor of `omnirelay run`: forks workers, restarts them, reloads and drains them.
 
 It never runs an event loop: workers are forked from it (at start and on every restart)
-and a forked child must not inherit one. It waits in poll() on the workers' status pipes
-and on a signal wakeup pipe, and reaps only its own workers' pids.
+and a forked child must not inherit one. It waits in poll() on the workers' status pipes,
+a signal wakeup pipe and the sockets of its services (the admin server), and reaps only
+its own workers' pids. Workers report their counters on the status pipe; the supervisor
+merges them (`telemetry`) for the admin API.
 """
 from __future__ import annotations
 
@@ -19,12 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 from omnirelay.config import Config, ConfigError, canonical_json, load_config
 from omnirelay.filters import FilterConfigError
 from omnirelay.runtime import worker
 from omnirelay.runtime.build import TableBuilder
 from omnirelay.runtime.ports import Reservations, binding_changes
+from omnirelay.telemetry import REPORT_INTERVAL, Aggregate
 
 log = logging.getLogger("omnirelay.supervisor")
 
@@ -35,6 +39,19 @@ RESTART_MAX = 10.0
 STABLE_AFTER = 30.0
 
 OnReady = Callable[[dict[str, tuple[str, int]], int], None]
+
+
+class Service(Protocol):
+    """Something the supervisor's poll loop drives besides the workers (the admin server).
+
+    Its selector keys carry a callable taking the ready events as data."""
+
+    def attach(self, sel: selectors.BaseSelector) -> None: ...
+    def timeout(self, now: float) -> float | None: ...
+    def run_timers(self, now: float) -> None: ...
+    def forget(self) -> None:
+        """In a forked worker: close its descriptors without touching the selector."""
+    def close(self) -> None: ...
 
 
 def load_checked(path: str | os.PathLike[str]) -> Config:
@@ -63,6 +80,8 @@ class _Proc:
     pid: int
     fd: int | None  # read end of its status pipe; None after EOF
     started: float
+    cmd_fd: int | None = None  # write end of its command pipe
+    config_version: str = ""  # the config it runs (confirmed by its last reload answer)
     ready: bool = False
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     failure: str | None = None
@@ -87,6 +106,13 @@ class Supervisor:
         self._signals: list[int] = []
         self._exit_code = 0
         self._stop_deadline = 0.0
+        self.services: list[Service] = []
+        self.report_stats = False  # workers report counters (set when something reads them)
+        self.telemetry = Aggregate()
+        self.restarts = 0
+        self.reloads = {"applied": 0, "rejected": 0}
+        self.config_since = time.time()  # when the current config became active
+        self.drain_requested = False
 
     # ---- lifecycle ----
     def run(self) -> int:
@@ -114,6 +140,8 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
         self._sel = selectors.PollSelector()  # no kernel object for forked children to share
         self._sel.register(self._wake_r, selectors.EVENT_READ)
+        for service in self.services:
+            service.attach(self._sel)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         self._old_handlers = {s: signal.signal(s, self._on_signal) for s in worker.FORK_BLOCKED}
         log.info("supervisor pid %d: starting %s, config %s", os.getpid(),
@@ -123,6 +151,8 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
+        for service in self.services:
+            service.close()
         self._sel.close()
         for fd in (self._wake_r, self._wake_w, self._lifeline_r, self._lifeline_w):
             os.close(fd)
@@ -173,11 +203,21 @@ class Supervisor:
 
     # ---- the event loop without an event loop ----
     def _step(self, timeout: float | None) -> None:
-        for key, _ in self._sel.select(timeout):
+        now = time.monotonic()
+        for service in self.services:
+            t = service.timeout(now)
+            if t is not None and (timeout is None or t < timeout):
+                timeout = t
+        for key, events in self._sel.select(timeout):
             if key.fd == self._wake_r:
                 _drain(self._wake_r)
-            else:
+            elif isinstance(key.data, _Proc):
                 self._read_status(key.data)
+            else:
+                key.data(events)
+        now = time.monotonic()
+        for service in self.services:
+            service.run_timers(now)
         signals, self._signals = self._signals, []
         for sig in signals:
             self._handle_signal(sig)
@@ -208,6 +248,7 @@ class Supervisor:
     # ---- workers ----
     def _spawn(self, slot: int) -> None:
         r, w = os.pipe()
+        cmd_r, cmd_w = os.pipe()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would flush the same buffered text again
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, worker.FORK_BLOCKED)
@@ -215,30 +256,38 @@ class Supervisor:
             pid = os.fork()
         except OSError:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            os.close(r)
-            os.close(w)
+            for fd in (r, w, cmd_r, cmd_w):
+                os.close(fd)
             raise
         if pid == 0:
-            self._become_worker(r, w)
+            self._become_worker(r, w, cmd_r, cmd_w)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(w)
+        os.close(cmd_r)
         os.set_blocking(r, False)
-        proc = _Proc(slot, pid, r, time.monotonic())
+        os.set_blocking(cmd_w, False)
+        proc = _Proc(slot, pid, r, time.monotonic(), cmd_fd=cmd_w,
+                     config_version=self.config.metadata.version)
         self._procs[pid] = proc
         self._sel.register(r, selectors.EVENT_READ, proc)
         log.debug("worker %d: pid %d started", slot, pid)
 
-    def _become_worker(self, own_read_end: int, status_w: int) -> None:
+    def _become_worker(self, own_read_end: int, status_w: int, cmd_r: int, cmd_w: int) -> None:
         """In the forked child: drop the supervisor's descriptors and run; never returns."""
         code = 1
         try:
-            others = [p.fd for p in self._procs.values() if p.fd is not None]
-            for fd in (own_read_end, self._wake_r, self._wake_w, self._lifeline_w,
+            others = [fd for p in self._procs.values() for fd in (p.fd, p.cmd_fd)
+                      if fd is not None]
+            for fd in (own_read_end, cmd_w, self._wake_r, self._wake_w, self._lifeline_w,
                        *self._reserved.fds(), *others):
                 os.close(fd)
+            for service in self.services:
+                service.forget()
             code = worker.run(worker.WorkerSpec(
                 config=self.config, ports=self._reserved.ports, drain_timeout=self.drain_timeout,
-                snapshot=self._snapshot, status_fd=status_w, lifeline_fd=self._lifeline_r))
+                snapshot=self._snapshot, status_fd=status_w, lifeline_fd=self._lifeline_r,
+                command_fd=cmd_r,
+                report_interval=REPORT_INTERVAL if self.report_stats else None))
         except BaseException:
             log.exception("worker failed")
         finally:
@@ -268,7 +317,10 @@ class Supervisor:
                 log.info("worker %d: pid %d ready", proc.slot, proc.pid)
         elif "failed" in msg:
             proc.failure = msg["failed"]
+        elif "stats" in msg:
+            self.telemetry.update(proc.pid, msg["stats"])
         elif "reloaded" in msg:
+            proc.config_version = msg["reloaded"]
             self._reload_answered(proc.pid)
         elif "reload_failed" in msg:
             log.error("worker pid %d kept its config: %s", proc.pid, msg["reload_failed"])
@@ -284,7 +336,11 @@ class Supervisor:
     def _exited(self, proc: _Proc, status: int) -> None:
         while proc.fd is not None:  # read up to EOF: a last message may explain the exit
             self._read_status(proc)
+        if proc.cmd_fd is not None:
+            os.close(proc.cmd_fd)
+            proc.cmd_fd = None
         del self._procs[proc.pid]
+        self.telemetry.retire(proc.pid)
         self._reload_answered(proc.pid)
         how = _describe(status)
         if self.phase is Phase.STOPPING:
@@ -300,6 +356,7 @@ class Supervisor:
             reason = f" ({proc.failure})" if proc.failure else ""
             log.warning("worker pid %d exited with %s%s, restarting in %gs",
                         proc.pid, how, reason, delay)
+            self.restarts += 1
             self._restarts.append((time.monotonic() + delay, proc.slot))
 
     def _until_next_restart(self) -> float | None:
@@ -329,13 +386,23 @@ class Supervisor:
         except (ConfigError, FilterConfigError) as e:
             log.error("reload rejected, still serving config %s: %s is invalid:\n%s",
                       version, self.config_path, _indent(str(e)))
+            self.reloads["rejected"] += 1
             return
         changes = binding_changes(self.config, new)
         if changes:
             log.error("reload rejected, still serving config %s: listener changes need a "
                       "restart:\n%s", version, _indent("\n".join(changes)))
+            self.reloads["rejected"] += 1
+            return
+        if self.services and _admin_binding(self.config) != _admin_binding(new):
+            log.error("reload rejected, still serving config %s: admin address changes need a "
+                      "restart (admin %s -> %s)", version, _admin_binding(self.config),
+                      _admin_binding(new))
+            self.reloads["rejected"] += 1
             return
         self.config = new
+        self.config_since = time.time()
+        self.reloads["applied"] += 1
         self._write_snapshot()
         self._reloading = set(self._procs)
         self._reload_failed = 0
@@ -354,11 +421,44 @@ class Supervisor:
             else:
                 log.info("config %s active on all workers", version)
 
+    # ---- what the admin API asks for ----
+    def workers_status(self) -> list[dict]:
+        now = time.monotonic()
+        out = []
+        for p in sorted(self._procs.values(), key=lambda p: p.slot):
+            src = self.telemetry.sources.get(p.pid)
+            out.append({"slot": p.slot, "pid": p.pid, "ready": p.ready,
+                        "uptime_s": round(now - p.started, 3),
+                        "config_version": p.config_version,
+                        "stats_age_s": round(now - src.updated, 3) if src else None})
+        return out
+
+    def request_drain(self) -> None:
+        """Drain and stop, as on SIGTERM (the admin's POST /drain)."""
+        self.drain_requested = True
+        self._begin_stop(self._exit_code)
+
+    def set_log_level(self, level: str, logger: str = "") -> None:
+        """Set a logger's level here and in every worker (new workers inherit it)."""
+        logging.getLogger(logger or None).setLevel(level.upper())
+        line = json.dumps({"log_level": level, "logger": logger}).encode() + b"\n"
+        for p in self._procs.values():
+            if p.cmd_fd is None:
+                continue
+            try:
+                os.write(p.cmd_fd, line)
+            except (BlockingIOError, BrokenPipeError):
+                log.warning("worker pid %d did not take the log level change", p.pid)
+
     def _write_snapshot(self) -> None:
         # Workers reload from this exact, validated copy: the file may change again.
         tmp = self._snapshot.with_suffix(".tmp")
         tmp.write_bytes(canonical_json(self.config))
         os.replace(tmp, self._snapshot)
+
+
+def _admin_binding(config: Config) -> tuple[str, int] | None:
+    return None if config.admin is None else (config.admin.address, config.admin.port)
 
 
 def _drain(fd: int) -> None:

@@ -3,8 +3,10 @@
 The supervisor forks a worker with its signals blocked, so nothing reaches the
 supervisor's handlers inherited across fork; `run` installs the worker's own and
 unblocks. A worker reports to the supervisor with JSON lines on its status pipe:
-{"ready": {listener: [host, port]}}, {"failed": reason}, {"reloaded": version} or
-{"reload_failed": reason}.
+{"ready": {listener: [host, port]}}, {"failed": reason}, {"reloaded": version},
+{"reload_failed": reason} or, every `report_interval` and once more after its drain,
+{"stats": what changed in its counters (telemetry.samples.Reporter)}. The supervisor sends JSON lines on the command pipe:
+{"log_level": level, "logger": name}.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from omnirelay.config import Config, load_config
 from omnirelay.relay import Relay
+from omnirelay.telemetry.samples import Reporter
 
 log = logging.getLogger("omnirelay.worker")
 
@@ -33,6 +36,8 @@ class WorkerSpec:
     snapshot: Path  # the supervisor's validated copy of the current config, read on SIGHUP
     status_fd: int  # write end of this worker's status pipe
     lifeline_fd: int  # read end of a pipe the supervisor never writes: EOF means it died
+    command_fd: int | None = None  # read end of this worker's command pipe
+    report_interval: float | None = None  # seconds between stats reports; None: no reports
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -60,6 +65,7 @@ def run(spec: WorkerSpec) -> int:
         worker.report(failed=f"{type(e).__name__}: {e}")
         return 1
     finally:
+        worker.status.close()
         loop.close()
 
 
@@ -71,14 +77,20 @@ class _Worker:
         self.stopping = asyncio.Event()
         self.reload_lock = asyncio.Lock()
         self.tasks: set[asyncio.Task] = set()
+        self.status = StatusWriter(spec.status_fd)
+        self.reporter = Reporter()
+        self.commands = b""
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         loop.add_reader(self.spec.lifeline_fd, self._on_lifeline)
+        if self.spec.command_fd is not None:
+            os.set_blocking(self.spec.command_fd, False)
+            loop.add_reader(self.spec.command_fd, self._on_command)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED)
-        relay = Relay(self.spec.config, reuse_port=True, ports=self.spec.ports)
+        relay = Relay(self.spec.config, reuse_port=True, ports=self.spec.ports, admin=False)
         try:
             await relay.start()
         except OSError as e:
@@ -88,16 +100,48 @@ class _Worker:
         self.relay = relay
         self.started.set()
         self.report(ready={name: list(addr) for name, addr in relay.addresses.items()})
+        reporter = None
+        if self.spec.report_interval is not None:
+            reporter = loop.create_task(self._report_stats(self.spec.report_interval))
         await self.stopping.wait()
         log.info("draining (deadline %gs)", self.spec.drain_timeout)
         await relay.stop(self.spec.drain_timeout)
+        if reporter is not None:
+            reporter.cancel()
+            self.report(stats=self.reporter.delta(relay.telemetry_snapshot()))  # final counts
+        self.status.close()
         return 0
 
     def report(self, **message) -> None:
+        self.status.send(json.dumps(message).encode() + b"\n")
+
+    async def _report_stats(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self.status.idle():  # a report still queued: skip one rather than pile up
+                self.report(stats=self.reporter.delta(self.relay.telemetry_snapshot()))
+
+    def _on_command(self) -> None:
         try:
-            os.write(self.spec.status_fd, json.dumps(message).encode() + b"\n")
-        except OSError:
-            pass  # the supervisor is gone; the lifeline tells us to stop
+            data = os.read(self.spec.command_fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.spec.command_fd)
+            return
+        self.commands += data
+        while b"\n" in self.commands:
+            line, _, self.commands = self.commands.partition(b"\n")
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                log.error("ignoring a malformed supervisor command: %r", line[:200])
+                continue
+            if "log_level" in msg:
+                name = msg.get("logger") or ""
+                logging.getLogger(name or None).setLevel(msg["log_level"].upper())
+                log.info("log level of %s set to %s", name or "the root logger",
+                         msg["log_level"])
 
     def _on_lifeline(self) -> None:
         if os.read(self.spec.lifeline_fd, 1) == b"":
@@ -125,3 +169,63 @@ class _Worker:
                 self.report(reload_failed=str(e))
             else:
                 self.report(reloaded=config.metadata.version)
+
+
+class StatusWriter:
+    """Lines to the supervisor on a non-blocking pipe: a slow supervisor never blocks the
+    event loop; what the pipe does not take waits in a buffer flushed when it is writable
+    (or, at `close()`, with blocking writes)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buf = bytearray()
+        self.waiting = False
+        self.broken = False
+        os.set_blocking(fd, False)
+
+    def idle(self) -> bool:
+        return not self.buf
+
+    def send(self, line: bytes) -> None:
+        if self.broken:
+            return
+        self.buf += line
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.buf:
+            try:
+                n = os.write(self.fd, self.buf)
+            except BlockingIOError:
+                break
+            except OSError:  # the supervisor is gone; the lifeline tells us to stop
+                self.broken = True
+                self.buf.clear()
+                break
+            del self.buf[:n]
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self.buf and not self.waiting:
+            loop.add_writer(self.fd, self._flush)
+            self.waiting = True
+        elif not self.buf and self.waiting:
+            loop.remove_writer(self.fd)
+            self.waiting = False
+
+    def close(self) -> None:
+        """Write what is left, blocking (the worker is about to exit)."""
+        if self.waiting:
+            try:
+                asyncio.get_running_loop().remove_writer(self.fd)
+            except RuntimeError:
+                pass
+            self.waiting = False
+        if self.buf and not self.broken:
+            os.set_blocking(self.fd, True)
+            try:
+                while self.buf:
+                    del self.buf[:os.write(self.fd, self.buf)]
+            except OSError:
+                self.buf.clear()

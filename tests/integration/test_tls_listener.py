@@ -20,7 +20,7 @@ from test_l4 import client_context, common_name, der_of, make_cert
 import omnirelay
 from omnirelay._core import negotiated_alpn
 from omnirelay.config import ConfigError, TlsContext
-from omnirelay.runtime.build import server_ssl_context
+from omnirelay.runtime.tls import server_ssl_context
 
 
 @pytest.fixture

@@ -1,0 +1,133 @@
+"""Immutable signed snapshots, one per scope, and the cache the watch server reads them from.
+
+A `Snapshot` is built from a stored document and checked before it is served: its digest must
+match the stored one and its signature must verify with the signer's public key (so a corrupt
+row or a wrong key is caught here, not by every node). The cache is fed from the store's watch
+(`MeshKit` runs that loop), so a write by any writer reaches the nodes the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from omnirelay.config.signing import ALGORITHM, Keyring, Signer, document_digest
+
+from .scopes import scopes_for
+from .store import StoredConfig
+
+
+class SnapshotError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    scope: str
+    revision: int
+    version: str
+    epoch: int
+    document: bytes
+    sha256: str
+    key_id: str
+    signature: bytes
+    algorithm: str = ALGORITHM
+
+    @classmethod
+    def build(cls, stored: StoredConfig, signer: Signer) -> Snapshot:
+        if document_digest(stored.document) != stored.sha256:
+            raise SnapshotError(
+                f"scope {stored.scope!r} revision {stored.revision}: the stored document does "
+                "not match its SHA-256; refusing to sign it"
+            )
+        signed = signer.sign(stored.document)
+        snapshot = cls(
+            scope=stored.scope,
+            revision=stored.revision,
+            version=stored.version,
+            epoch=stored.epoch,
+            document=stored.document,
+            sha256=signed.sha256,
+            key_id=signed.key_id,
+            signature=signed.signature,
+        )
+        # Consistency before serving: the signature verifies with the signer's public key.
+        Keyring([signer.trusted_key()]).verify(
+            snapshot.document, snapshot.signature, snapshot.key_id, sha256=snapshot.sha256
+        )
+        return snapshot
+
+
+class SnapshotCache:
+    """Current snapshot per scope. Waiters take `changed()` before reading, then await it."""
+
+    def __init__(self, signer: Signer) -> None:
+        self._signer = signer
+        self._snapshots: dict[str, Snapshot] = {}
+        self._stored: dict[str, StoredConfig] = {}
+        self._revision = 0
+        self._event = asyncio.Event()
+
+    @property
+    def signer(self) -> Signer:
+        return self._signer
+
+    @property
+    def revision(self) -> int:
+        """The highest store revision applied."""
+        return self._revision
+
+    def changed(self) -> asyncio.Event:
+        """An event set at the next change (take it before reading, so nothing is missed)."""
+        return self._event
+
+    def _notify(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def update(self, stored: StoredConfig) -> Snapshot | None:
+        """Sign and serve `stored` unless the cache already holds that scope at a later
+        revision. Returns the new snapshot (None if it was older)."""
+        current = self._stored.get(stored.scope)
+        self._revision = max(self._revision, stored.revision)
+        if current is not None and current.revision >= stored.revision:
+            self._notify()
+            return None
+        snapshot = Snapshot.build(stored, self._signer)
+        self._stored[stored.scope] = stored
+        self._snapshots[stored.scope] = snapshot
+        self._notify()
+        return snapshot
+
+    def set_signer(self, signer: Signer) -> None:
+        """Re-sign every snapshot with `signer` (key rotation) and wake the watchers, who send
+        the re-signed snapshots (same documents, new key id) to their nodes."""
+        snapshots = {scope: Snapshot.build(s, signer) for scope, s in self._stored.items()}
+        self._signer = signer
+        self._snapshots = snapshots
+        self._notify()
+
+    def get(self, scope: str) -> Snapshot | None:
+        return self._snapshots.get(scope)
+
+    def resolve(self, node_id: str, tenant: str = "", region: str = "") -> Snapshot | None:
+        """The snapshot a node is served: its most specific scope that has one."""
+        for scope in scopes_for(node_id, tenant, region):
+            snapshot = self._snapshots.get(scope)
+            if snapshot is not None:
+                return snapshot
+        return None
+
+    async def wait_for_revision(self, revision: int, timeout: float) -> bool:
+        """Wait until the cache has applied `revision`; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._revision < revision:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._event.wait(), remaining)
+            except TimeoutError:
+                return self._revision >= revision
+        return True

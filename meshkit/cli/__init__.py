@@ -1,0 +1,1 @@
+"""Command-line programs: `meshkit` (main.py: serve, keygen, token) and `omnirctl`."""

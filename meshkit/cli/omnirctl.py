@@ -1,0 +1,285 @@
+"""`omnirctl`: the operator CLI, a client of MeshKit's northbound gRPC API.
+
+    omnirctl [--server HOST:PORT] [--token TOKEN] COMMAND
+    omnirctl config get [--scope S] [--raw]
+    omnirctl config set FILE [--scope S] [--dry-run] [--expected-revision N]
+    omnirctl config validate FILE [--scope S] [--local]
+    omnirctl nodes [--connected] [--json]
+    omnirctl audit tail [--since 10m|RFC3339] [--scope S] [--limit N] [--json]
+    omnirctl endpoints set CLUSTER FILE
+
+--server defaults to $OMNIRCTL_SERVER or 127.0.0.1:7070, --token to $OMNIRCTL_TOKEN.
+Exit status: 0 done, 1 invalid document, 2 usage, 3 compare-and-swap conflict,
+4 authentication or permission refused, 5 MeshKit unreachable, 6 not found, 7 other errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+
+import click
+import grpc
+
+from omnirelay.config import ConfigError, parse_duration
+from omnirelay.config.protos import admin_pb2, admin_pb2_grpc
+
+EXIT_INVALID = 1
+EXIT_CONFLICT = 3
+EXIT_AUTH = 4
+EXIT_UNAVAILABLE = 5
+EXIT_NOT_FOUND = 6
+EXIT_ERROR = 7
+
+_STATUS_EXIT = {
+    grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
+    grpc.StatusCode.ABORTED: EXIT_CONFLICT,
+    grpc.StatusCode.UNAUTHENTICATED: EXIT_AUTH,
+    grpc.StatusCode.PERMISSION_DENIED: EXIT_AUTH,
+    grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
+    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+}
+
+
+class Client:
+    def __init__(self, server: str, token: str | None, timeout: float) -> None:
+        self.server = server
+        self.token = token
+        self.timeout = timeout
+        self._channel: grpc.Channel | None = None
+
+    @property
+    def stub(self) -> admin_pb2_grpc.MeshAdminStub:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.server)
+        return admin_pb2_grpc.MeshAdminStub(self._channel)
+
+    def call(self, method: str, request):
+        metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
+        try:
+            return getattr(self.stub, method)(request, timeout=self.timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            detail = exc.details() or code.name
+            if code == grpc.StatusCode.UNAVAILABLE:
+                detail = f"cannot reach MeshKit at {self.server}: {detail}"
+            click.echo(f"omnirctl: {detail}", err=True)
+            sys.exit(_STATUS_EXIT.get(code, EXIT_ERROR))
+
+
+def _client() -> Client:
+    return click.get_current_context().find_object(Client)
+
+
+def _read(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc.strerror or exc}") from None
+
+
+def _when(ms: int) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _since(value: str) -> int:
+    """Unix ms from a duration ago (`10m`) or an RFC 3339 timestamp."""
+    try:
+        return int((time.time() - parse_duration(value)) * 1000)
+    except (ValueError, TypeError):
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a duration (10m) nor RFC 3339") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _diff_lines(summary: str) -> None:
+    for line in summary.splitlines():
+        click.echo(f"  {line}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--server", envvar="OMNIRCTL_SERVER", default="127.0.0.1:7070", show_default=True,
+              help="MeshKit's gRPC address ($OMNIRCTL_SERVER).")
+@click.option("--token", envvar="OMNIRCTL_TOKEN", default=None,
+              help="Bearer token ($OMNIRCTL_TOKEN).")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds per call.")
+@click.pass_context
+def main(ctx: click.Context, server: str, token: str | None, timeout: float) -> None:
+    """Operate MeshKit: config, nodes, audit."""
+    ctx.obj = Client(server, token, timeout)
+
+
+@main.group()
+def config() -> None:
+    """Read, validate and publish config documents."""
+
+
+@config.command("get")
+@click.option("--scope", default="global", show_default=True)
+@click.option("--raw", is_flag=True, help="Print the canonical JSON bytes as stored.")
+def config_get(scope: str, raw: bool) -> None:
+    """Print a scope's current document (JSON) on stdout, its revision on stderr."""
+    record = _client().call("GetConfig", admin_pb2.GetConfigRequest(scope=scope))
+    click.echo(
+        f"# scope {record.scope} revision {record.revision} version {record.version!r} "
+        f"epoch {record.epoch} sha256 {record.sha256} by {record.actor} at "
+        f"{_when(record.updated_at_unix_ms)}",
+        err=True,
+    )
+    if raw:
+        sys.stdout.buffer.write(record.document)
+        sys.stdout.buffer.flush()
+    else:
+        click.echo(json.dumps(json.loads(record.document), indent=2, ensure_ascii=False))
+
+
+@config.command("set")
+@click.argument("file")
+@click.option("--scope", default="global", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Validate and show the diff; write nothing.")
+@click.option("--expected-revision", type=click.IntRange(min=0), default=None,
+              help="Write only if the scope is at this revision (0: only if empty).")
+def config_set(file: str, scope: str, dry_run: bool, expected_revision: int | None) -> None:
+    """Publish FILE (YAML or JSON; - for stdin) to a scope."""
+    request = admin_pb2.SetConfigRequest(scope=scope, document=_read(file), dry_run=dry_run)
+    if expected_revision is not None:
+        request.expected_revision = expected_revision
+    r = _client().call("SetConfig", request)
+    if r.dry_run:
+        verb = "would not change" if r.unchanged else "would publish"
+        click.echo(f"dry run: {verb} scope {r.scope} (at revision {r.revision}): "
+                   f"version {r.version!r} epoch {r.epoch}")
+    elif r.unchanged:
+        click.echo(f"unchanged: scope {r.scope} is already at this document "
+                   f"(revision {r.revision}, version {r.version!r})")
+    else:
+        click.echo(f"published scope {r.scope} revision {r.revision}: version {r.version!r} "
+                   f"epoch {r.epoch} sha256 {r.sha256[:16]}, signed by {r.key_id}, "
+                   f"pushed to {r.watchers} nodes")
+    if not r.unchanged:
+        _diff_lines(r.summary)
+
+
+@config.command("validate")
+@click.argument("file")
+@click.option("--scope", default=None, help="Also diff against this scope's current document.")
+@click.option("--local", is_flag=True, help="Validate here, without MeshKit.")
+def config_validate(file: str, scope: str | None, local: bool) -> None:
+    """Check FILE (YAML or JSON; - for stdin) against the config schema."""
+    document = _read(file)
+    if local:
+        if scope:
+            raise click.UsageError("--local cannot diff against a scope")
+        from ..publish import validate
+
+        try:
+            validated = validate(document)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                click.echo(f"{file}: {issue}", err=True)
+            sys.exit(EXIT_INVALID)
+        click.echo(f"valid: version {validated.config.metadata.version!r} "
+                   f"sha256 {validated.sha256[:16]}")
+        return
+    r = _client().call("ValidateConfig",
+                       admin_pb2.ValidateConfigRequest(document=document, scope=scope or ""))
+    if not r.valid:
+        for issue in r.issues:
+            click.echo(f"{file}: {issue.path + ': ' if issue.path else ''}{issue.message}",
+                       err=True)
+        sys.exit(EXIT_INVALID)
+    click.echo(f"valid: version {r.version!r} sha256 {r.sha256[:16]}")
+    if scope:
+        click.echo(f"against scope {scope} (would publish as epoch {r.epoch}):")
+        _diff_lines(r.summary)
+
+
+@main.command()
+@click.option("--connected", is_flag=True, help="Only nodes with an open watch stream.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per node.")
+def nodes(connected: bool, as_json: bool) -> None:
+    """Nodes MeshKit knows: what was sent, ACKed or NACKed, reported, and drift."""
+    r = _client().call("ListNodes", admin_pb2.ListNodesRequest(connected_only=connected))
+    if as_json:
+        from google.protobuf.json_format import MessageToDict
+
+        for node in r.nodes:
+            click.echo(json.dumps(MessageToDict(node, preserving_proto_field_name=True,
+                                                always_print_fields_with_no_presence=True)))
+        return
+    header = ("NODE", "TENANT", "LOCALITY", "SCOPE", "STREAM", "SENT", "ACKED", "NACK", "DRIFT")
+    rows = [header]
+    for n in r.nodes:
+        rows.append((
+            n.id, n.tenant or "-", n.locality or "-", n.scope or "-",
+            "up" if n.connected else "down",
+            f"{n.sent_version}@{n.sent_epoch}" if n.sent_version else "-",
+            f"{n.acked_version}@{n.acked_epoch}" if n.acked_version else "-",
+            f"{n.nack_code}: {n.nack_message}" if n.nack_code else "-",
+            "yes" if n.drift else "no",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+@main.group()
+def audit() -> None:
+    """The audit log: every mutation, refused mutation and read."""
+
+
+@audit.command("tail")
+@click.option("--since", default=None, help="A duration ago (10m) or an RFC 3339 time.")
+@click.option("--scope", default="", help="Only this scope.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
+def audit_tail(since: str | None, scope: str, limit: int, as_json: bool) -> None:
+    """The newest audit entries, oldest first."""
+    request = admin_pb2.TailAuditRequest(scope=scope, limit=limit)
+    if since:
+        request.since_unix_ms = _since(since)
+    r = _client().call("TailAudit", request)
+    for e in r.entries:
+        if as_json:
+            click.echo(json.dumps({
+                "id": e.id, "timestamp": _when(e.timestamp_unix_ms), "actor": e.actor,
+                "action": e.action, "scope": e.scope, "revision": e.revision,
+                "detail": e.detail,
+            }))
+        else:
+            detail = e.detail.replace("\n", "; ")
+            click.echo(f"{e.id:>6}  {_when(e.timestamp_unix_ms)}  {e.actor:<20} {e.action:<14}"
+                       f" {e.scope or '-':<16} r{e.revision:<6} {detail}".rstrip())
+
+
+@main.group()
+def endpoints() -> None:
+    """The discovery feed."""
+
+
+@endpoints.command("set")
+@click.argument("cluster")
+@click.argument("file")
+def endpoints_set(cluster: str, file: str) -> None:
+    """Replace CLUSTER's endpoints with the list in FILE (YAML or JSON; - for stdin)."""
+    r = _client().call("SetEndpoints",
+                       admin_pb2.SetEndpointsRequest(cluster=cluster, endpoints=_read(file)))
+    click.echo(f"cluster {cluster}: generation {r.generation}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""`MeshKit`: one control-plane server process's parts, wired together.
+
+    store --watch--> SnapshotCache (signs) --> ConfigWatch streams --> nodes
+      ^                                              |
+    Publisher <-- MeshAdmin (northbound)        NodeRegistry <-- NodeStatus reports
+
+Writes reach the cache only through the store's watch, whoever made them, so a publish by
+this process, by another process on the same SQLite file or (later) by another replica on etcd
+is pushed the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+
+from omnirelay.config.protos import admin_pb2_grpc, mesh_pb2_grpc
+from omnirelay.config.signing import Signer
+
+from ..api.admin import MeshAdminService
+from ..api.auth import TokenAuthority
+from ..cache import SnapshotCache, SnapshotError
+from ..publish import Publisher
+from ..store import Store
+from .discovery import EndpointDiscoveryService, EndpointFeed
+from .nodes import NodeRegistry
+from .status import NodeStatusService
+from .watch import DEFAULT_RETRY, ConfigWatchService, RetryPolicy
+
+log = logging.getLogger("meshkit.server")
+ACTOR = "meshkit"
+
+
+class MeshKit:
+    def __init__(
+        self,
+        store: Store,
+        signer: Signer,
+        tokens: TokenAuthority,
+        *,
+        listen: str = "127.0.0.1:0",
+        retry: RetryPolicy = DEFAULT_RETRY,
+        report_interval_ms: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.tokens = tokens
+        self.listen = listen
+        self.retry = retry
+        self.report_interval_ms = report_interval_ms
+        self.cache = SnapshotCache(signer)
+        self.registry = NodeRegistry()
+        self.feed = EndpointFeed()
+        self.publisher = Publisher(store, self.cache, self.registry.watching)
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._feeder: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> int:
+        """Load every scope, start following the store and serving; returns the bound port."""
+        states, revision = await self.store.current(actor=ACTOR)
+        for stored in states:
+            self._apply(stored)
+        self._feeder = asyncio.create_task(self._follow(revision), name="meshkit-store-watch")
+        server = grpc.aio.server(
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ]
+        )
+        mesh_pb2_grpc.add_ConfigWatchServicer_to_server(
+            ConfigWatchService(self.cache, self.registry, self.store, self._stopping,
+                               retry=self.retry),
+            server,
+        )
+        mesh_pb2_grpc.add_EndpointDiscoveryServicer_to_server(
+            EndpointDiscoveryService(self.feed, self._stopping, retry=self.retry), server
+        )
+        mesh_pb2_grpc.add_NodeStatusServicer_to_server(
+            NodeStatusService(self.cache, self.registry, self.feed,
+                              report_interval_ms=self.report_interval_ms),
+            server,
+        )
+        admin_pb2_grpc.add_MeshAdminServicer_to_server(
+            MeshAdminService(self.store, self.cache, self.publisher, self.registry, self.feed,
+                             self.tokens),
+            server,
+        )
+        # TLS / mTLS arrive with node identity (the CA issue); until then bind to loopback.
+        self.port = server.add_insecure_port(self.listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {self.listen}")
+        await server.start()
+        self._server = server
+        log.info("serving on port %d; %d scopes at store revision %d, signing key %s",
+                 self.port, len(states), revision, self.cache.signer.key_id)
+        return self.port
+
+    def _apply(self, stored) -> None:
+        try:
+            snapshot = self.cache.update(stored)
+        except SnapshotError as exc:
+            log.error("not serving %s: %s", stored.scope, exc)
+            return
+        if snapshot is not None:
+            log.info("serving %s revision %d (version %r, epoch %d) to %d nodes",
+                     snapshot.scope, snapshot.revision, snapshot.version, snapshot.epoch,
+                     self.registry.watching(snapshot.scope))
+
+    async def _follow(self, after_revision: int) -> None:
+        while True:
+            try:
+                async for stored in self.store.watch(after_revision):
+                    self._apply(stored)
+                    after_revision = stored.revision
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("store watch failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+
+    async def rotate_signer(self, signer: Signer) -> None:
+        """Sign with `signer` from now on; every node is re-sent its snapshot signed by it."""
+        previous = self.cache.signer.key_id
+        self.cache.set_signer(signer)
+        await self.store.append_audit(actor=ACTOR, action="rotate-key",
+                                      detail=f"{previous} -> {signer.key_id}")
+        log.info("signing key rotated: %s -> %s", previous, signer.key_id)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Tell every stream to reconnect elsewhere (with retry hints), then stop."""
+        self._stopping.set()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._feeder is not None:
+            self._feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feeder

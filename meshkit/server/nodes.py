@@ -1,0 +1,147 @@
+"""What MeshKit knows about each node: its hello, what was sent, ACKed and NACKed, its last
+status report, and whether it drifts from the desired config. In memory; nodes re-announce
+themselves on every (re)connect."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from omnirelay.config.protos import mesh_pb2
+
+from ..cache import Snapshot
+
+
+@dataclass(slots=True)
+class NodeState:
+    id: str
+    tenant: str = ""
+    region: str = ""
+    locality: str = ""
+    capabilities: tuple[str, ...] = ()
+    build_version: str = ""
+    peer: str = ""
+    connected: bool = False
+    connected_at: float = 0.0
+    session: int = 0  # the current stream; a newer stream for the same id supersedes it
+    scope: str = ""
+    sent: Snapshot | None = None
+    sent_nonce: str = ""
+    sent_at: float = 0.0
+    acked_version: str = ""
+    acked_epoch: int = 0
+    acked_sha256: str = ""
+    acked_at: float = 0.0
+    nack_version: str = ""
+    nack_code: str = ""
+    nack_message: str = ""
+    nack_at: float = 0.0
+    report: mesh_pb2.StatusReport | None = None
+    reported_at: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def locality_text(locality: mesh_pb2.Locality) -> str:
+    return "/".join(p for p in (locality.region, locality.zone, locality.subzone) if p)
+
+
+def capability_list(caps: mesh_pb2.Capabilities) -> tuple[str, ...]:
+    return (
+        *(f"api:{v}" for v in caps.api_versions),
+        *(f"feature:{v}" for v in caps.features),
+        *(f"wasm:{v}" for v in caps.wasm_runtimes),
+    )
+
+
+class NodeRegistry:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._nodes: dict[str, NodeState] = {}
+        self._sessions = 0
+        self._clock = clock
+
+    def __iter__(self) -> Iterator[NodeState]:
+        return iter(sorted(self._nodes.values(), key=lambda n: n.id))
+
+    def get(self, node_id: str) -> NodeState | None:
+        return self._nodes.get(node_id)
+
+    def _state(self, node: mesh_pb2.Node) -> NodeState:
+        state = self._nodes.get(node.id)
+        if state is None:
+            state = self._nodes[node.id] = NodeState(node.id)
+        state.tenant = node.tenant
+        state.region = node.locality.region
+        state.locality = locality_text(node.locality)
+        state.capabilities = capability_list(node.capabilities)
+        state.build_version = node.build_version
+        return state
+
+    def connect(self, node: mesh_pb2.Node, peer: str) -> tuple[NodeState, int]:
+        """Register a watch stream; returns the node's state and the stream's session id."""
+        state = self._state(node)
+        self._sessions += 1
+        state.session = self._sessions
+        state.connected = True
+        state.connected_at = self._clock()
+        state.peer = peer
+        return state, state.session
+
+    def disconnect(self, state: NodeState, session: int) -> None:
+        if state.session == session:
+            state.connected = False
+
+    def is_current(self, state: NodeState, session: int) -> bool:
+        return state.session == session
+
+    def sent(self, state: NodeState, snapshot: Snapshot, nonce: str) -> None:
+        state.sent = snapshot
+        state.sent_nonce = nonce
+        state.sent_at = self._clock()
+        state.scope = snapshot.scope
+
+    def ack(self, state: NodeState, ack: mesh_pb2.Ack) -> bool:
+        """Record an ACK of the latest snapshot sent; False (ignored) for any other nonce."""
+        if not ack.nonce or ack.nonce != state.sent_nonce:
+            return False
+        state.acked_version = ack.version
+        state.acked_epoch = ack.epoch
+        state.acked_sha256 = state.sent.sha256 if state.sent is not None else ack.sha256
+        state.acked_at = self._clock()
+        state.nack_version = state.nack_code = state.nack_message = ""
+        state.nack_at = 0.0
+        return True
+
+    def nack(self, state: NodeState, nack: mesh_pb2.Nack) -> bool:
+        if not nack.nonce or nack.nonce != state.sent_nonce:
+            return False
+        state.nack_version = nack.version
+        state.nack_code = nack.error.code
+        state.nack_message = nack.error.message
+        state.nack_at = self._clock()
+        return True
+
+    def report(self, report: mesh_pb2.StatusReport) -> NodeState:
+        state = self._state(report.node)
+        state.report = report
+        state.reported_at = self._clock()
+        return state
+
+    def watching(self, scope: str) -> int:
+        """Connected nodes currently served from `scope`."""
+        return sum(1 for n in self._nodes.values() if n.connected and n.scope == scope)
+
+
+def drifts(state: NodeState, desired: Snapshot | None) -> bool:
+    """The node runs something other than desired, per the newer of its last status report
+    and its last ACK."""
+    if desired is None:
+        return False
+    running = ""
+    if state.report is not None and state.report.config_sha256:
+        running = state.report.config_sha256
+    if state.acked_sha256 and state.acked_at >= state.reported_at:
+        running = state.acked_sha256
+    if running:
+        return running != desired.sha256
+    return state.connected  # connected, yet nothing applied

@@ -1,0 +1,243 @@
+"""The config watch stream (`omnirelay.mesh.v1.ConfigWatch/Watch`).
+
+Per stream: read the Hello, register the node, then send the snapshot of the node's most
+specific scope now and after every change, each with a fresh nonce; ACKs and NACKs carrying the
+latest nonce are recorded (NACKs also in the audit log), older ones ignored. The service only
+reads the snapshot cache (go-control-plane's split): it never touches the store for config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from omnirelay.config.protos import mesh_pb2, mesh_pb2_grpc
+
+from ..cache import Snapshot, SnapshotCache
+from ..scopes import valid_name
+from ..store import Store
+from .nodes import NodeRegistry, NodeState
+
+log = logging.getLogger("meshkit.watch")
+
+
+class ProtocolError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """The reconnect advice sent with stream errors."""
+
+    retry_after_ms: int = 250
+    backoff_base_ms: int = 500
+    backoff_max_ms: int = 30_000
+    endpoints: tuple[str, ...] = field(default=())
+
+    def hint(self) -> mesh_pb2.RetryHint:
+        return mesh_pb2.RetryHint(
+            retry_after_ms=self.retry_after_ms,
+            backoff_base_ms=self.backoff_base_ms,
+            backoff_max_ms=self.backoff_max_ms,
+            endpoints=list(self.endpoints),
+        )
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def snapshot_message(snapshot: Snapshot, nonce: str) -> mesh_pb2.Snapshot:
+    return mesh_pb2.Snapshot(
+        version=snapshot.version,
+        nonce=nonce,
+        epoch=snapshot.epoch,
+        scope=snapshot.scope,
+        revision=snapshot.revision,
+        document=snapshot.document,
+        sha256=snapshot.sha256,
+        key_id=snapshot.key_id,
+        signature=snapshot.signature,
+        signature_algorithm=snapshot.algorithm,
+    )
+
+
+def check_node(node: mesh_pb2.Node) -> str | None:
+    """Why this node identity is unusable, or None."""
+    if not node.id:
+        return "node.id is required"
+    if not valid_name(node.id):
+        return f"node.id {node.id!r} must be 1-128 of A-Z a-z 0-9 . _ : - (starting alphanumeric)"
+    for label, value in (("node.tenant", node.tenant), ("node.locality.region",
+                                                          node.locality.region)):
+        if value and not valid_name(value):
+            return f"{label} {value!r} must be 1-128 of A-Z a-z 0-9 . _ : -"
+    return None
+
+
+async def end_stream(
+    context: grpc.aio.ServicerContext,
+    response_type: type,
+    code: str,
+    message: str,
+    status: grpc.StatusCode,
+    retry: RetryPolicy | None,
+) -> None:
+    """Send a StreamError (with retry advice if `retry`), then end the RPC with `status`."""
+    error = mesh_pb2.StreamError(code=code, message=message, retryable=retry is not None)
+    if retry is not None:
+        error.retry.CopyFrom(retry.hint())
+    try:
+        await context.write(response_type(error=error))
+    except Exception:  # noqa: BLE001 - the peer is gone already; abort below still ends the RPC
+        log.debug("cannot send %s to %s", code, context.peer())
+    metadata = (("omnirelay-error-code", code),)
+    if retry is not None:
+        metadata += (("omnirelay-retry-after-ms", str(retry.retry_after_ms)),)
+    await context.abort(status, message, trailing_metadata=metadata)
+
+
+class ConfigWatchService(mesh_pb2_grpc.ConfigWatchServicer):
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        registry: NodeRegistry,
+        store: Store,
+        stopping: asyncio.Event,
+        *,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        hello_timeout: float = 10.0,
+    ) -> None:
+        self.cache = cache
+        self.registry = registry
+        self.store = store
+        self.stopping = stopping
+        self.retry = retry
+        self.hello_timeout = hello_timeout
+        self._kicks: dict[str, tuple[int, asyncio.Event]] = {}
+
+    async def Watch(
+        self,
+        request_iterator: AsyncIterator[mesh_pb2.WatchRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), self.hello_timeout)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            await end_stream(context, mesh_pb2.WatchResponse, "invalid_hello",
+                             f"no Hello within {self.hello_timeout:g} s",
+                             grpc.StatusCode.INVALID_ARGUMENT, self.retry)
+            return
+        if first.WhichOneof("kind") != "hello":
+            await end_stream(context, mesh_pb2.WatchResponse, "invalid_hello",
+                             "the first message of a watch stream must be a Hello",
+                             grpc.StatusCode.INVALID_ARGUMENT, None)
+            return
+        node = first.hello.node
+        problem = check_node(node)
+        if problem:
+            await end_stream(context, mesh_pb2.WatchResponse, "invalid_hello", problem,
+                             grpc.StatusCode.INVALID_ARGUMENT, None)
+            return
+
+        state, session = self.registry.connect(node, context.peer())
+        kick = asyncio.Event()
+        previous = self._kicks.get(node.id)
+        if previous is not None:
+            previous[1].set()  # an older stream of this node ends: "superseded"
+        self._kicks[node.id] = (session, kick)
+        log.info("node %s connected from %s (tenant %r, locality %r, running %r)", node.id,
+                 context.peer(), node.tenant, state.locality, first.hello.current_version)
+
+        reader = asyncio.ensure_future(self._read(request_iterator, state, session))
+        waits = {
+            "stopping": asyncio.ensure_future(self.stopping.wait()),
+            "kick": asyncio.ensure_future(kick.wait()),
+        }
+        sent: Snapshot | None = None
+        try:
+            while True:
+                changed = self.cache.changed()
+                snapshot = self.cache.resolve(node.id, node.tenant, node.locality.region)
+                if snapshot is not None and snapshot is not sent:
+                    nonce = secrets.token_hex(8)
+                    self.registry.sent(state, snapshot, nonce)
+                    await context.write(
+                        mesh_pb2.WatchResponse(snapshot=snapshot_message(snapshot, nonce))
+                    )
+                    sent = snapshot
+                    log.debug("sent %s revision %d (%s) to %s, nonce %s", snapshot.scope,
+                              snapshot.revision, snapshot.version, node.id, nonce)
+                change = asyncio.ensure_future(changed.wait())
+                done, _ = await asyncio.wait(
+                    {change, reader, *waits.values()}, return_when=asyncio.FIRST_COMPLETED
+                )
+                change.cancel()
+                if reader in done:
+                    exc = reader.exception()
+                    if isinstance(exc, ProtocolError):
+                        await end_stream(context, mesh_pb2.WatchResponse, "invalid_request",
+                                         str(exc), grpc.StatusCode.INVALID_ARGUMENT, None)
+                    elif exc is not None:
+                        raise exc
+                    return  # the node closed its side
+                if waits["kick"] in done:
+                    await end_stream(context, mesh_pb2.WatchResponse, "superseded",
+                                     f"a newer watch stream of node {node.id!r} replaced this one",
+                                     grpc.StatusCode.ABORTED, None)
+                    return
+                if waits["stopping"] in done:
+                    await end_stream(context, mesh_pb2.WatchResponse, "shutting_down",
+                                     "MeshKit is shutting down", grpc.StatusCode.UNAVAILABLE,
+                                     self.retry)
+                    return
+        finally:
+            reader.cancel()
+            for task in waits.values():
+                task.cancel()
+            if self._kicks.get(node.id, (None,))[0] == session:
+                del self._kicks[node.id]
+            self.registry.disconnect(state, session)
+            log.info("node %s stream ended", node.id)
+
+    async def _read(
+        self,
+        requests: AsyncIterator[mesh_pb2.WatchRequest],
+        state: NodeState,
+        session: int,
+    ) -> None:
+        async for request in requests:
+            kind = request.WhichOneof("kind")
+            if not self.registry.is_current(state, session):
+                return
+            if kind == "ack":
+                if not self.registry.ack(state, request.ack):
+                    log.debug("ignored ACK from %s with stale nonce %r", state.id,
+                              request.ack.nonce)
+            elif kind == "nack":
+                nack = request.nack
+                if not self.registry.nack(state, nack):
+                    log.debug("ignored NACK from %s with stale nonce %r", state.id, nack.nonce)
+                    continue
+                log.warning("node %s NACKed version %r: %s: %s", state.id, nack.version,
+                            nack.error.code, nack.error.message)
+                revision = state.sent.revision if state.sent is not None else 0
+                try:
+                    await self.store.append_audit(
+                        actor=f"node:{state.id}", action="nack", scope=state.scope,
+                        revision=revision,
+                        detail=f"version {nack.version!r} epoch {nack.epoch}: "
+                               f"{nack.error.code}: {nack.error.message}",
+                    )
+                except Exception:
+                    log.exception("cannot audit the NACK of node %s", state.id)
+            elif kind == "hello":
+                raise ProtocolError("Hello is only valid as the first message of a stream")
+            else:
+                raise ProtocolError("empty WatchRequest")

@@ -1,0 +1,122 @@
+"""The store interface MeshKit's server depends on, whatever keeps the data (SQLite, etcd).
+
+Model (etcd's): one store-wide revision counter. Every write of a scope's document takes the
+next revision, and a scope's revision is the revision of its last write, so a compare-and-swap
+names the revision the writer last saw (0 = the scope has no document yet). `watch` yields
+every write after a revision, in order. The audit log is append-only and records every
+mutation, every refused mutation and every read, with actor, action, scope, revision and time.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (not a caller mistake a retry would fix)."""
+
+
+class RevisionConflict(StoreError):
+    """A compare-and-swap write lost: the scope is not at the revision the writer expected."""
+
+    def __init__(self, scope: str, expected: int, actual: int) -> None:
+        self.scope = scope
+        self.expected = expected
+        self.actual = actual
+        wanted = "to be empty" if expected == 0 else f"at revision {expected}"
+        found = "has no document" if actual == 0 else f"is at revision {actual}"
+        super().__init__(
+            f"revision conflict on scope {scope!r}: expected it {wanted}, but it {found}; "
+            "read it again and retry"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.scope, self.expected, self.actual))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConfig:
+    """One scope's document as written at `revision`."""
+
+    scope: str
+    revision: int
+    document: bytes  # canonical JSON
+    sha256: str
+    version: str
+    epoch: int
+    actor: str
+    updated_at: float  # Unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    timestamp: float  # Unix seconds
+    actor: str
+    action: str  # read, write, conflict, dry-run, push, nack, ...
+    scope: str
+    revision: int
+    detail: str
+
+
+class Store(abc.ABC):
+    """Desired state by scope, with revisions, compare-and-swap writes, watch and audit."""
+
+    @abc.abstractmethod
+    async def get(
+        self, scope: str, *, actor: str, action: str = "read", detail: str = ""
+    ) -> StoredConfig | None:
+        """The scope's current document, or None; audited as `action` by `actor`."""
+
+    @abc.abstractmethod
+    async def current(self, *, actor: str) -> tuple[list[StoredConfig], int]:
+        """Every scope's current document and the store revision they were read at (so a
+        `watch(after_revision=...)` started from it misses nothing); audited as one read."""
+
+    @abc.abstractmethod
+    async def put(
+        self,
+        scope: str,
+        document: bytes,
+        *,
+        expected_revision: int,
+        actor: str,
+        version: str,
+        epoch: int,
+        sha256: str,
+        detail: str = "",
+    ) -> StoredConfig:
+        """Write the scope's document if the scope is at `expected_revision` (0 = empty),
+        atomically with its audit entry. RevisionConflict otherwise (also audited)."""
+
+    @abc.abstractmethod
+    def watch(self, after_revision: int = 0) -> AsyncIterator[StoredConfig]:
+        """Every write with a revision above `after_revision`, in revision order, forever."""
+
+    @abc.abstractmethod
+    async def revision(self) -> int:
+        """The store revision: the revision of the last write, 0 if none."""
+
+    @abc.abstractmethod
+    async def append_audit(
+        self, *, actor: str, action: str, scope: str = "", revision: int = 0, detail: str = ""
+    ) -> AuditEntry:
+        """Record an event that is not a store operation (a push, a node's NACK)."""
+
+    @abc.abstractmethod
+    async def audit_log(
+        self,
+        *,
+        since: float | None = None,
+        after_id: int = 0,
+        scope: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Audit entries matching every given filter, oldest first; with `limit`, the newest
+        `limit` of them."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the store; further calls fail."""

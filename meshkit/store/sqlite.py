@@ -1,0 +1,339 @@
+"""`SqliteStore`: the embedded default store, one SQLite file in WAL mode.
+
+Tables:
+- `history`: every write (revision, scope, document, digest, version, epoch, actor, time), the
+  revision being the store-wide counter; append-only (triggers refuse UPDATE and DELETE).
+- `desired`: each scope's current revision (a pointer into `history`).
+- `audit`: the append-only audit log (same triggers).
+
+A compare-and-swap runs in one `BEGIN IMMEDIATE` transaction: read the scope's revision,
+compare, append to `history`, move the pointer, append the audit row, commit. Several
+processes may share the file (SQLite's lock serializes writers; `busy_timeout` waits for it).
+
+All SQLite calls run on one dedicated thread that owns the connection, so the asyncio loop is
+never blocked on disk. `watch` is woken at once by writes through this object and polls every
+`poll_interval` seconds for writes by other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .base import AuditEntry, RevisionConflict, Store, StoredConfig, StoreError
+
+_T = TypeVar("_T")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    revision   INTEGER PRIMARY KEY,
+    scope      TEXT    NOT NULL,
+    document   BLOB    NOT NULL,
+    sha256     TEXT    NOT NULL,
+    version    TEXT    NOT NULL,
+    epoch      INTEGER NOT NULL,
+    actor      TEXT    NOT NULL,
+    updated_at REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_scope ON history (scope, revision);
+CREATE TABLE IF NOT EXISTS desired (
+    scope    TEXT    PRIMARY KEY,
+    revision INTEGER NOT NULL REFERENCES history (revision)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp REAL    NOT NULL,
+    actor     TEXT    NOT NULL,
+    action    TEXT    NOT NULL,
+    scope     TEXT    NOT NULL,
+    revision  INTEGER NOT NULL,
+    detail    TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_time ON audit (timestamp);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS history_no_update BEFORE UPDATE ON history
+    BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS history_no_delete BEFORE DELETE ON history
+    BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
+"""
+
+_STORED_COLUMNS = "h.scope, h.revision, h.document, h.sha256, h.version, h.epoch, h.actor, h.updated_at"
+
+
+class SqliteStore(Store):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        poll_interval: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.poll_interval = poll_interval
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="meshkit-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        # Watchers in any event loop; set from that loop after a write through this object.
+        self._wakers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._wakers_lock = threading.Lock()
+        self._executor.submit(self._open).result()
+
+    # -- thread plumbing --------------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: store schema version {version} is newer than this MeshKit "
+                    f"({SCHEMA_VERSION}); upgrade MeshKit"
+                )
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the store: {exc}") from None
+        self._conn = conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._closed:
+            raise StoreError("the store is closed")
+        conn = self._conn
+        assert conn is not None
+        return await asyncio.wrap_future(self._executor.submit(fn, conn))
+
+    def _transaction(self, conn: sqlite3.Connection, body: Callable[[], _T]) -> _T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = body()
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _audit_row(
+        self, conn: sqlite3.Connection, actor: str, action: str, scope: str, revision: int,
+        detail: str,
+    ) -> AuditEntry:
+        now = self._clock()
+        cursor = conn.execute(
+            "INSERT INTO audit (timestamp, actor, action, scope, revision, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (now, actor, action, scope, revision, detail),
+        )
+        return AuditEntry(cursor.lastrowid, now, actor, action, scope, revision, detail)
+
+    @staticmethod
+    def _stored(row: tuple[Any, ...]) -> StoredConfig:
+        return StoredConfig(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], row[6], row[7])
+
+    def _current_row(self, conn: sqlite3.Connection, scope: str) -> StoredConfig | None:
+        row = conn.execute(
+            f"SELECT {_STORED_COLUMNS} FROM desired d JOIN history h ON h.revision = d.revision"
+            " WHERE d.scope = ?",
+            (scope,),
+        ).fetchone()
+        return None if row is None else self._stored(row)
+
+    def _wake(self) -> None:
+        with self._wakers_lock:
+            wakers = list(self._wakers)
+        for loop, event in wakers:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that loop is closed
+                pass
+
+    # -- Store ------------------------------------------------------------------------------
+
+    async def get(
+        self, scope: str, *, actor: str, action: str = "read", detail: str = ""
+    ) -> StoredConfig | None:
+        def op(conn: sqlite3.Connection) -> StoredConfig | None:
+            def body() -> StoredConfig | None:
+                stored = self._current_row(conn, scope)
+                self._audit_row(conn, actor, action, scope, stored.revision if stored else 0,
+                                detail)
+                return stored
+
+            return self._transaction(conn, body)
+
+        return await self._run(op)
+
+    async def current(self, *, actor: str) -> tuple[list[StoredConfig], int]:
+        def op(conn: sqlite3.Connection) -> tuple[list[StoredConfig], int]:
+            def body() -> tuple[list[StoredConfig], int]:
+                rows = conn.execute(
+                    f"SELECT {_STORED_COLUMNS} FROM desired d"
+                    " JOIN history h ON h.revision = d.revision ORDER BY d.scope"
+                ).fetchall()
+                revision = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM history")
+                revision = revision.fetchone()[0]
+                self._audit_row(conn, actor, "read-all", "", revision, f"{len(rows)} scopes")
+                return [self._stored(r) for r in rows], revision
+
+            return self._transaction(conn, body)
+
+        return await self._run(op)
+
+    async def put(
+        self,
+        scope: str,
+        document: bytes,
+        *,
+        expected_revision: int,
+        actor: str,
+        version: str,
+        epoch: int,
+        sha256: str,
+        detail: str = "",
+    ) -> StoredConfig:
+        document = bytes(document)
+
+        def op(conn: sqlite3.Connection) -> StoredConfig:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT revision FROM desired WHERE scope = ?", (scope,))
+                row = row.fetchone()
+                actual = row[0] if row else 0
+                if actual != expected_revision:
+                    # The refusal is audited too: commit that row, then report the conflict.
+                    self._audit_row(
+                        conn, actor, "conflict", scope, actual,
+                        f"expected revision {expected_revision}",
+                    )
+                    conn.execute("COMMIT")
+                    raise RevisionConflict(scope, expected_revision, actual)
+                revision = conn.execute("SELECT COALESCE(MAX(revision), 0) + 1 FROM history")
+                revision = revision.fetchone()[0]
+                now = self._clock()
+                conn.execute(
+                    "INSERT INTO history (revision, scope, document, sha256, version, epoch,"
+                    " actor, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (revision, scope, document, sha256, version, epoch, actor, now),
+                )
+                conn.execute(
+                    "INSERT INTO desired (scope, revision) VALUES (?, ?)"
+                    " ON CONFLICT (scope) DO UPDATE SET revision = excluded.revision",
+                    (scope, revision),
+                )
+                self._audit_row(conn, actor, "write", scope, revision, detail)
+                conn.execute("COMMIT")
+            except RevisionConflict:
+                raise
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return StoredConfig(scope, revision, document, sha256, version, epoch, actor, now)
+
+        stored = await self._run(op)
+        self._wake()
+        return stored
+
+    async def revision(self) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("SELECT COALESCE(MAX(revision), 0) FROM history").fetchone()[0]
+
+        return await self._run(op)
+
+    async def watch(self, after_revision: int = 0) -> AsyncIterator[StoredConfig]:
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        waker = (loop, event)
+        with self._wakers_lock:
+            self._wakers.add(waker)
+        last = after_revision
+
+        def changes(conn: sqlite3.Connection) -> list[StoredConfig]:
+            rows = conn.execute(
+                f"SELECT {_STORED_COLUMNS} FROM history h WHERE h.revision > ?"
+                " ORDER BY h.revision LIMIT 1000",
+                (last,),
+            ).fetchall()
+            return [self._stored(r) for r in rows]
+
+        try:
+            while True:
+                event.clear()
+                batch = await self._run(changes)
+                for stored in batch:
+                    last = stored.revision
+                    yield stored
+                if len(batch) == 1000:
+                    continue
+                try:
+                    await asyncio.wait_for(event.wait(), self.poll_interval)
+                except TimeoutError:
+                    pass
+        finally:
+            with self._wakers_lock:
+                self._wakers.discard(waker)
+
+    async def append_audit(
+        self, *, actor: str, action: str, scope: str = "", revision: int = 0, detail: str = ""
+    ) -> AuditEntry:
+        def op(conn: sqlite3.Connection) -> AuditEntry:
+            return self._transaction(
+                conn, lambda: self._audit_row(conn, actor, action, scope, revision, detail)
+            )
+
+        return await self._run(op)
+
+    async def audit_log(
+        self,
+        *,
+        since: float | None = None,
+        after_id: int = 0,
+        scope: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        clauses, params = ["id > ?"], [after_id]
+        if since is not None:
+            clauses.append("timestamp >= ?")
+            params.append(since)
+        if scope is not None:
+            clauses.append("scope = ?")
+            params.append(scope)
+        sql = (
+            "SELECT id, timestamp, actor, action, scope, revision, detail FROM audit"
+            f" WHERE {' AND '.join(clauses)} ORDER BY id DESC"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+
+        def op(conn: sqlite3.Connection) -> list[AuditEntry]:
+            rows = conn.execute(sql, params).fetchall()
+            return [AuditEntry(*row) for row in reversed(rows)]
+
+        return await self._run(op)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        conn = self._conn
+
+        def op() -> None:
+            if conn is not None:
+                conn.close()
+
+        await asyncio.wrap_future(self._executor.submit(op))
+        self._closed = True
+        self._executor.shutdown(wait=True)
