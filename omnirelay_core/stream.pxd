@@ -27,6 +27,9 @@ cdef class ListenerState:
     cdef readonly unsigned int h2_max_concurrent_streams
     cdef readonly unsigned int h2_initial_stream_window
     cdef readonly unsigned int h2_initial_connection_window
+    # Access log hook: None (no per-request Python call) or a callable taking
+    # the finished HttpStream (omnirelay.telemetry.accesslog.AccessLogger).
+    cdef public object access_log
 
 
 cdef class DownstreamCodec:
@@ -88,6 +91,8 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef public object metadata
     cdef readonly double start_time
     cdef readonly str local_reason
+    cdef int log_flags            # LOG_* bits for the access log
+    cdef double upstream_start    # monotonic start of the first upstream attempt; 0 = none
     # request framing
     cdef public long long req_content_length
     cdef public bint req_chunked

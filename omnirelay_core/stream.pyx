@@ -6,6 +6,7 @@ import asyncio
 import os
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.string cimport memcmp
 
 from omnirelay_core.headers cimport HeaderMap, ascii_ieq
@@ -137,6 +138,17 @@ cdef bytes _grpc_message(str text):
     return bytes(out)
 
 
+# Access-log flag bits (HttpStream.log_flags / access_record()[12]).
+DEF LOG_UPSTREAM_TIMEOUT = 1
+DEF LOG_PER_TRY_TIMEOUT = 2
+DEF LOG_UPSTREAM_RESET = 4
+DEF LOG_SHADOWED = 8
+LOG_FLAG_UPSTREAM_TIMEOUT = LOG_UPSTREAM_TIMEOUT
+LOG_FLAG_PER_TRY_TIMEOUT = LOG_PER_TRY_TIMEOUT
+LOG_FLAG_UPSTREAM_RESET = LOG_UPSTREAM_RESET
+LOG_FLAG_SHADOWED = LOG_SHADOWED
+
+
 cdef class ListenerState:
     def __init__(self, str name, RouteTable routes, *, str via="omnirelay",
                  int xff_trusted_hops=0, Py_ssize_t max_header_bytes=65536,
@@ -160,6 +172,7 @@ cdef class ListenerState:
         self.h2_max_concurrent_streams = h2_max_concurrent_streams
         self.h2_initial_stream_window = h2_initial_stream_window
         self.h2_initial_connection_window = h2_initial_connection_window
+        self.access_log = None
 
 
 cdef class DownstreamCodec:
@@ -405,6 +418,7 @@ cdef class HttpStream(UpstreamCallbacks):
             if self.shadows is None:
                 self.shadows = []
             self.shadows.append(sh)
+            self.log_flags |= LOG_SHADOWED
             sh.start(self.route.timeout, _rand64())
             if self.req_end:
                 sh.end()
@@ -488,6 +502,8 @@ cdef class HttpStream(UpstreamCallbacks):
         self.listener.stats.upstream_rq_total += 1
         self.ustats.rq_total += 1
         self.try_start = monotonic()
+        if self.upstream_start == 0:
+            self.upstream_start = self.try_start
         if route.per_try_timeout > 0 and not self.is_upgrade and not self.is_connect:
             self.try_timer = asyncio.get_running_loop().call_later(
                 route.per_try_timeout, self._on_try_timeout)
@@ -621,6 +637,7 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.done or self.resp_started:
             return
         self.listener.stats.upstream_rq_per_try_timeout += 1
+        self.log_flags |= LOG_PER_TRY_TIMEOUT
         self.ustats.rq_per_try_timeout += 1
         self._attempt_failed(UpstreamTimeout("upstream per-try timeout"), RETRY_RESET)
 
@@ -643,6 +660,7 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.done or self.resp_end:
             return
         self.listener.stats.upstream_rq_timeout += 1
+        self.log_flags |= LOG_UPSTREAM_TIMEOUT
         if self.ustats is not None:     # None: the timeout hit before an upstream attempt
             self.ustats.rq_timeout += 1
         self.fail(UpstreamTimeout("upstream request timeout"))
@@ -974,6 +992,7 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.done:
             return 0
         self.listener.stats.upstream_rq_reset += 1
+        self.log_flags |= LOG_UPSTREAM_RESET
         if self.ustats is not None:
             self.ustats.rq_reset += 1
         if (c is not None and c.reused and not c.got_bytes and not self.resp_started
@@ -1148,8 +1167,49 @@ cdef class HttpStream(UpstreamCallbacks):
             self.upstream = None
         if self.fstate is not None:
             self.fstate.run_log(self)
+        al = self.listener.access_log
+        if al is not None:
+            al(self)      # the logger samples/limits, then calls access_record()
         self.codec.stream_complete(self)
         return 0
+
+    def access_record(self):
+        """The values an access log record needs, read at C level (bytes decoded as
+        latin-1, durations in ms): (request_id, listener, peer, method, authority, path,
+        protocol, route, cluster, endpoint "host:port", status, attempts, flags,
+        local_reason, req_body_bytes, resp_body_bytes, duration_ms, upstream_ms, user_agent)."""
+        cdef double now = monotonic()
+        cdef HeaderMap h = self.request_headers
+        cdef Py_ssize_t i
+        cdef object authority = None
+        cdef object ua = None
+        cdef object ep = None
+        if h is not None:
+            i = h.find(b"host", 4, 0)
+            if i >= 0:
+                authority = PyUnicode_DecodeLatin1(h.value_at(i), h.entries[i].value_len, NULL)
+            i = h.find(b"user-agent", 10, 0)
+            if i >= 0:
+                ua = PyUnicode_DecodeLatin1(h.value_at(i), h.entries[i].value_len, NULL)
+        if self.endpoint is not None:
+            ep = f"{self.endpoint.host}:{self.endpoint.port}"
+        return (self.request_id.decode("latin-1") if self.request_id is not None else None,
+                self.listener.name, self.peer,
+                self.method.decode("latin-1") if self.method is not None else None,
+                authority,
+                self.target.decode("latin-1") if self.target is not None else None,
+                "HTTP/2" if self.stream_id > 0 else ("HTTP/1.1" if self.http_minor else "HTTP/1.0"),
+                self.route.name if self.route is not None else None,
+                self.cluster.name if self.cluster is not None else None,
+                ep, self.status, self.attempts, self.log_flags, self.local_reason,
+                self.req_body_bytes, self.resp_body_bytes, (now - self.start_time) * 1000.0,
+                (now - self.upstream_start) * 1000.0 if self.upstream_start > 0 else None, ua)
+
+    @staticmethod
+    def access_json_lines(list pending, object esc, list clk, object strftime, object gmtime,
+                          object flags):
+        """See the module function (exported through HttpStream, the core's Python face)."""
+        return access_json_lines(pending, esc, clk, strftime, gmtime, flags)
 
     # ---- Python API for filters ----
     def resume(self):
@@ -1222,3 +1282,40 @@ cdef HttpStream _new_stream(DownstreamCodec codec, ListenerState listener, str p
     listener.stats.downstream_rq_total += 1
     listener.stats.downstream_rq_active += 1
     return s
+
+
+cdef inline str _jq(object v, object esc):
+    return "null" if v is None else esc(v)
+
+
+def access_json_lines(list pending, object esc, list clk, object strftime, object gmtime,
+                      object flags):
+    """The default JSON access-log lines (every field) for a batch of (wall_end, record)
+    pairs, joined with newlines: the compiled twin of omnirelay.telemetry.accesslog's
+    generated formatter, run on the logger's flush timer (never per request)."""
+    cdef list out = []
+    cdef tuple r
+    cdef double w, t
+    cdef long s
+    cdef int attempts
+    for item in pending:
+        w = (<tuple>item)[0]
+        r = <tuple>(<tuple>item)[1]
+        t = w - <double>r[16] * 0.001
+        s = <long>t
+        if s != clk[0]:
+            clk[0] = s
+            clk[1] = strftime("%Y-%m-%dT%H:%M:%S", gmtime(s))
+        attempts = r[11]
+        up = r[17]
+        out.append(
+            f'{{"timestamp":"{clk[1]}.{<int>((t - s) * 1000):03d}Z","request_id":{_jq(r[0], esc)},'
+            f'"listener":{_jq(r[1], esc)},"peer":{_jq(r[2], esc)},"method":{_jq(r[3], esc)},'
+            f'"authority":{_jq(r[4], esc)},"path":{_jq(r[5], esc)},"protocol":"{r[6]}",'
+            f'"route":{_jq(r[7], esc)},"cluster":{_jq(r[8], esc)},"upstream":{_jq(r[9], esc)},'
+            f'"status":{r[10]},"flags":{flags(r) if (r[12] or attempts > 1 or r[13] is not None) else "[]"},'
+            f'"retries":{attempts - 1 if attempts > 1 else 0},"reason":{_jq(r[13], esc)},'
+            f'"request_bytes":{r[14]},"response_bytes":{r[15]},"duration_ms":{round(r[16], 3)},'
+            f'"upstream_ms":{"null" if up is None else round(up, 3)},"user_agent":{_jq(r[18], esc)}}}')
+    out.append("")
+    return "\n".join(out)

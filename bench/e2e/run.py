@@ -17,6 +17,7 @@ peer ran, 1 when one failed to start or to serve (its reason is in `failed_peers
     .venv/bin/python bench/e2e/run.py --peers direct,nginx,aiohttp --duration 2 --rounds 1
     .venv/bin/python bench/e2e/run.py --scenario routes --duration 4 --rounds 2
     .venv/bin/python bench/e2e/run.py --peers omnirelay,omnirelay-admin --skip-large  # telemetry cost
+    .venv/bin/python bench/e2e/run.py --peers omnirelay,omnirelay-accesslog --skip-large  # access log
 """
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ TARGETS = {
     "omnirelay_over_nginx_1m_throughput": (">=", 0.5),
     # the same proxy with its admin listener scraped every second (metrics on) vs without
     "omnirelay_admin_over_omnirelay_rps": (">=", 0.85),
+    # the same proxy with a JSON access log to a file (every request) vs without
+    "omnirelay_accesslog_over_omnirelay_rps": (">=", 0.85),
 }
 SCRAPE_INTERVAL = 1.0  # how often the omnirelay-admin peer's /metrics is read during the run
 LARGE_PEERS = ("direct", "nginx", "omnirelay")  # peers measured on the 1 MiB body
@@ -82,6 +85,12 @@ def omnirelay_admin_config(port: int, upstream_port: int, admin_port: int) -> st
     """The omnirelay peer's config plus an admin listener (workers then report their
     counters to the supervisor every 0.5 s, which serves them on /metrics)."""
     return omnirelay_config(port, upstream_port) + f"admin: {{address: {HOST}, port: {admin_port}}}\n"
+
+
+def omnirelay_accesslog_config(port: int, upstream_port: int, log_path: str) -> str:
+    """The omnirelay peer's config with a JSON access log (every request) to `log_path`."""
+    return omnirelay_config(port, upstream_port).replace(
+        f"port: {port}}}", f"port: {port}, access_log: {{path: {json.dumps(log_path)}, format: json}}}}", 1)
 
 
 def nginx_conf(name: str, tmp: Path, server_body: str, http_extra: str = "") -> str:
@@ -176,6 +185,10 @@ PEERS = {
         b.omnirelay, "run", "--workers", "1", "--config",
         b.write("omnirelay-admin.yaml",
                 omnirelay_admin_config(port, b.upstream_port, b.admin_port))],
+    "omnirelay-accesslog": lambda b, port: [
+        b.omnirelay, "run", "--workers", "1", "--config",
+        b.write("omnirelay-accesslog.yaml",
+                omnirelay_accesslog_config(port, b.upstream_port, str(b.tmp / "access.log")))],
     "aiohttp": lambda b, port: [sys.executable, str(HERE / "aiohttp_proxy.py"), "--host", HOST,
                                 "--port", str(port), "--upstream", f"{HOST}:{b.upstream_port}"],
 }
@@ -523,6 +536,8 @@ def report(args, peers: list[Peer], failed: dict) -> dict:
     ratios = {
         "omnirelay_admin_over_omnirelay_rps": _ratio(get("omnirelay-admin", "rps"),
                                                      get("omnirelay", "rps")),
+        "omnirelay_accesslog_over_omnirelay_rps": _ratio(get("omnirelay-accesslog", "rps"),
+                                                         get("omnirelay", "rps")),
         "omnirelay_over_nginx_rps": _ratio(get("omnirelay", "rps"), get("nginx", "rps")),
         "omnirelay_over_aiohttp_rps": _ratio(get("omnirelay", "rps"), get("aiohttp", "rps")),
         "omnirelay_over_nginx_p99": _ratio(get("omnirelay", "p99_ms"), get("nginx", "p99_ms")),

@@ -26,13 +26,38 @@ EXIT_INVALID_CONFIG = 2
               help="Worker processes sharing the listeners (SO_REUSEPORT).")
 @click.option("--drain-timeout", type=Duration(), default="10s", show_default=True,
               help="On SIGTERM, how long in-flight requests may take to finish.")
+@click.option("--control-plane", "control_plane", metavar="HOST:PORT[,HOST:PORT...]",
+              help="Take the config from MeshKit (failover list), instead of --config.")
+@click.option("--node-id", metavar="ID", help="This node's id (with --control-plane).")
+@click.option("--trust-key", "trust_keys", metavar="FILE", multiple=True,
+              type=click.Path(dir_okay=False),
+              help="Trust bundle (JSON) of the keys that sign snapshots; repeatable.")
+@click.option("--lkg-dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Where the last-known-good snapshot is kept (with --control-plane).")
+@click.option("--region", default="", metavar="REGION", help="Locality region (scope region/R).")
+@click.option("--zone", default="", metavar="ZONE", help="Locality zone.")
+@click.option("--tenant", default="", metavar="TENANT", help="Tenant (scope tenant/T).")
+@click.option("--bootstrap-timeout", type=Duration(), default="30s", show_default=True,
+              help="With --control-plane: how long to wait for a first config before "
+                   "falling back to the LKG (or exiting).")
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
               help="json: one JSON object per line (ts, level, logger, msg, pid).")
-def run(config_path, demo_mode, port, workers, drain_timeout, log_level, log_format):
+def run(config_path, demo_mode, port, workers, drain_timeout, control_plane, node_id, trust_keys,
+        lkg_dir, region, zone, tenant, bootstrap_timeout, log_level, log_format):
     """Run the proxy until SIGTERM or Ctrl-C (SIGHUP reloads the config file)."""
-    if bool(config_path) == demo_mode:
-        raise click.UsageError("give either --config FILE or --demo")
+    if sum(map(bool, (config_path, demo_mode, control_plane))) != 1:
+        raise click.UsageError("give one of --config FILE, --demo or --control-plane HOST:PORT")
+    if control_plane:
+        if not node_id or not trust_keys:
+            raise click.UsageError("--control-plane needs --node-id and --trust-key")
+        setup_logging(log_level, log_format)
+        raise SystemExit(_run_control_plane(control_plane, node_id, trust_keys, lkg_dir, region,
+                                            zone, tenant, bootstrap_timeout, workers,
+                                            drain_timeout))
+    if node_id or trust_keys or lkg_dir or region or zone or tenant:
+        raise click.UsageError("--node-id, --trust-key, --lkg-dir, --region, --zone and "
+                               "--tenant apply to --control-plane only")
     if port is not None and not demo_mode:
         raise click.UsageError("--port applies to --demo only; set ports in the config file")
     setup_logging(log_level, log_format)
@@ -81,6 +106,29 @@ def announce(addresses: dict[str, tuple[str, int]], workers: int) -> None:
 
 def url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _run_control_plane(endpoints, node_id, trust_keys, lkg_dir, region, zone, tenant,
+                       bootstrap_timeout, workers, drain_timeout) -> int:
+    from omnirelay._version import __version__
+    from omnirelay.admin.capabilities import capabilities
+    from omnirelay.control.node import ControlOptions, run_node
+    from omnirelay.runtime.supervisor import build_checked
+
+    opts = ControlOptions(
+        endpoints=[e.strip() for e in endpoints.split(",") if e.strip()], node_id=node_id,
+        trust_keys=list(trust_keys), lkg_dir=lkg_dir, region=region, zone=zone, tenant=tenant,
+        bootstrap_timeout=bootstrap_timeout, capabilities=capabilities(),
+        build_version=__version__)
+
+    def make_supervisor(config, started):
+        def ready(addresses, n):
+            announce(addresses, n)
+            started()
+        return Supervisor(config, workers=workers, drain_timeout=drain_timeout, on_ready=ready)
+
+    return run_node(opts, build_check=build_checked, make_supervisor=make_supervisor,
+                    supervise=_supervise)
 
 
 def _run_demo(port: int, workers: int, drain_timeout: float) -> int:

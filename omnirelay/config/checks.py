@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any, TypeVar
 
+from .model import ACCESS_LOG_FIELDS
 from .units import parse_duration, parse_size
 
 T = TypeVar("T")
@@ -445,4 +446,19 @@ def timestamp(value: object) -> str:
         raise ValueError(
             f"invalid timestamp {text!r}: expected RFC 3339 like '2024-05-01T12:00:00Z'"
         )
+    return text
+
+
+def access_log_template(value: object) -> str:
+    """A text access-log template: %FIELD% tokens naming access-log fields (any case);
+    "%%" is a literal percent sign."""
+    text = nonempty_string(value)
+    parts = text.split("%")
+    if len(parts) % 2 == 0:
+        raise ValueError("unbalanced '%' (write %% for a literal percent sign)")
+    for token in parts[1::2]:
+        if token and token.lower() not in ACCESS_LOG_FIELDS:
+            raise ValueError(
+                f"unknown field %{token}% (known: {', '.join(ACCESS_LOG_FIELDS)})"
+            )
     return text

@@ -84,6 +84,44 @@ class Http2Options:
     initial_connection_window_size: int = 1048576  # 65535..2147483647 bytes
 
 
+# Fields of an access log record, in JSON key order; a text template names them as
+# %FIELD% tokens (any case). Documented in docs/configuration.md.
+ACCESS_LOG_FIELDS = (
+    "timestamp",
+    "request_id",
+    "listener",
+    "peer",
+    "method",
+    "authority",
+    "path",
+    "protocol",
+    "route",
+    "cluster",
+    "upstream",
+    "status",
+    "flags",
+    "retries",
+    "reason",
+    "request_bytes",
+    "response_bytes",
+    "duration_ms",
+    "upstream_ms",
+    "user_agent",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    """A listener's access log: one record per finished request (docs/configuration.md)."""
+
+    path: str  # a file, or "-" for stdout
+    format: str = "json"  # "json" | "text"
+    template: str | None = None  # text only; %FIELD% tokens; None = the default line
+    sample: float = 1.0  # share of requests logged, 0..1
+    max_per_second: int = 0  # token bucket (burst = one second); 0 = unlimited
+    fields: tuple[str, ...] | None = None  # subset of ACCESS_LOG_FIELDS; None = all
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamTls:
     """TLS origination toward a cluster's endpoints."""
@@ -312,6 +350,7 @@ class Listener:
     buffer_limit: int = 1048576
     via: str = "omnirelay"  # empty = do not add a Via header
     xff_trusted_hops: int = 0
+    access_log: AccessLog | None = None  # http only
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ from . import checks
 from .errors import ConfigError, ConfigIssue, field_path, item_path
 from .frozen import FrozenDict
 from .model import (
+    ACCESS_LOG_FIELDS,
+    AccessLog,
     Admin,
     CircuitBreakers,
     Cluster,
@@ -101,7 +103,9 @@ _HTTP_ONLY = (
     "request_timeout",
     "via",
     "xff_trusted_hops",
+    "access_log",
 )
+_ACCESS_LOG_FORMATS = ("json", "text")
 _HTTP_ONLY_HINTS = {
     ("routes", "tcp"): "; a 'tcp' listener forwards every connection to tcp.cluster",
     ("routes", "tls_passthrough"): "; a 'tls_passthrough' listener routes by SNI with sni_routes",
@@ -454,6 +458,7 @@ class _Decoder:
             "buffer_limit": self.field(obj, path, "buffer_limit", checks.size(1)),
             "via": self.field(obj, path, "via", checks.via_name),
             "xff_trusted_hops": self.field(obj, path, "xff_trusted_hops", checks.integer(0)),
+            "access_log": self.nested(obj, path, "access_log", self.access_log),
         }
         ok = self.listener_protocol(values, path)
         return self.build(Listener, values) if ok else _BAD
@@ -510,6 +515,46 @@ class _Decoder:
             )
             ok = False
         return ok
+
+    def access_log(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, AccessLog)
+        if obj is None:
+            return _BAD
+        field_names = self.list_of(
+            self.checked(checks.one_of(ACCESS_LOG_FIELDS)),
+            nonempty="at least one field is required (omit 'fields' for all)",
+        )
+        values = {
+            "path": self.field(obj, path, "path", checks.nonempty_string),
+            "format": self.field(obj, path, "format", checks.one_of(_ACCESS_LOG_FORMATS)),
+            "template": self.field(
+                obj, path, "template", checks.optional(checks.access_log_template)
+            ),
+            "sample": self.field(obj, path, "sample", checks.number(0.0, 1.0)),
+            "max_per_second": self.field(obj, path, "max_per_second", checks.integer(0)),
+            "fields": self.nested(
+                obj,
+                path,
+                "fields",
+                lambda v, p: None if v is None else field_names(v, p),
+            ),
+        }
+        fmt = _effective(values, AccessLog, "format")
+        template = values["template"]
+        if fmt == "json" and template not in (_ABSENT, _BAD, None):
+            self.report(
+                field_path(path, "template"),
+                "only used with format 'text' (JSON records name their fields)",
+            )
+            return _BAD
+        names = values["fields"]
+        if names not in (_ABSENT, _BAD, None) and not self.distinct(
+            list(names), field_path(path, "fields"), "field"
+        ):
+            return _BAD
+        return self.build(AccessLog, values)
 
     def tls_context(self, value: object, path: str) -> Any:
         # The files are read when the listener is built, not here: a document stays

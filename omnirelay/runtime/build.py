@@ -8,6 +8,7 @@ anything is touched.
 """
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,9 +29,12 @@ from omnirelay.config.model import HeaderEdits as HeaderEditsSpec
 from omnirelay.filters.registry import build_chain, build_factory
 from omnirelay.runtime.tls import build_client_contexts, build_tls_contexts
 from omnirelay.security.upstream import publish_clusters
+from omnirelay.telemetry.accesslog import AccessLogger
 
 # How long a tls_passthrough listener waits for a whole ClientHello.
 CLIENT_HELLO_TIMEOUT = 5.0
+# How long a replaced access logger keeps accepting records of in-flight requests.
+ACCESS_LOG_RETIRE_DELAY = 5.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class TableBuilder:
         self.discovered: dict[str, tuple[Endpoint, ...]] = {}
         # Upstream counters by (route, cluster): they outlive config reloads.
         self.upstream_stats: dict[tuple[str, str], UpstreamStats] = {}
+        # Access loggers by listener: kept across reloads while their settings stay the same.
+        self.access_logs: dict[str, AccessLogger] = {}
 
     def build(self, config: Config) -> BuiltConfig:
         spec = config.spec
@@ -110,6 +116,7 @@ class TableBuilder:
                 route_stats.setdefault(r.name, {})[name] = stats
         self.upstream_stats = upstream_stats
         listeners: dict[str, ListenerState | L4ListenerState] = {}
+        access_logs: dict[str, AccessLogger] = {}
         for lst in spec.listeners:
             if lst.protocol != "http":
                 listeners[lst.name] = _l4_state(lst, clusters)
@@ -130,7 +137,33 @@ class TableBuilder:
                 h2_max_concurrent_streams=lst.http2.max_concurrent_streams,
                 h2_initial_stream_window=lst.http2.initial_stream_window_size,
                 h2_initial_connection_window=lst.http2.initial_connection_window_size)
+            if lst.access_log is not None:
+                logger = self.access_logs.get(lst.name)
+                if logger is None or logger.spec != lst.access_log:
+                    logger = AccessLogger(lst.access_log)
+                access_logs[lst.name] = listeners[lst.name].access_log = logger
+        self._retire_access_logs(access_logs)
         return BuiltConfig(config, listeners, tls)
+
+    def _retire_access_logs(self, keep: dict[str, AccessLogger]) -> None:
+        kept = {id(a) for a in keep.values()}
+        old = [a for a in self.access_logs.values() if id(a) not in kept]
+        self.access_logs = keep
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        for logger in old:
+            if loop is not None:  # requests in flight on the old listener state still log
+                loop.call_later(ACCESS_LOG_RETIRE_DELAY, logger.close)
+            else:
+                logger.close()
+
+    def close_access_logs(self) -> None:
+        """Flush and close every access log (at shutdown)."""
+        for logger in self.access_logs.values():
+            logger.close()
+        self.access_logs = {}
 
     def update_endpoints(self, cluster: str, endpoints: Sequence[Endpoint]) -> None:
         """Replace a live cluster's endpoints (from a discovery feed); pooled

@@ -39,6 +39,7 @@ RESTART_MAX = 10.0
 STABLE_AFTER = 30.0
 
 OnReady = Callable[[dict[str, tuple[str, int]], int], None]
+ReloadDone = Callable[[str | None], None]
 
 
 class Service(Protocol):
@@ -58,7 +59,13 @@ def load_checked(path: str | os.PathLike[str]) -> Config:
     """Load a config file and build its filters as a worker would (no sockets opened).
 
     Raises ConfigError or FilterConfigError."""
-    config = load_config(Path(path))
+    return build_checked(load_config(Path(path)))
+
+
+def build_checked(config: Config) -> Config:
+    """Build a loaded config's filters as a worker would (no sockets opened); `config` back.
+
+    Raises ConfigError or FilterConfigError."""
     try:
         TableBuilder().build(config)
     except (FilterConfigError, ConfigError):
@@ -113,6 +120,8 @@ class Supervisor:
         self.reloads = {"applied": 0, "rejected": 0}
         self.config_since = time.time()  # when the current config became active
         self.drain_requested = False
+        self.external_config = False  # set when a control plane supplies the config
+        self._reload_waiters: list[ReloadDone] = []
 
     # ---- lifecycle ----
     def run(self) -> int:
@@ -378,7 +387,9 @@ class Supervisor:
     # ---- reload ----
     def _reload(self) -> None:
         if self.config_path is None:
-            log.warning("SIGHUP ignored: the built-in demo config has no file to re-read")
+            log.warning("SIGHUP ignored: %s", "the config comes from the control plane"
+                        if self.external_config else
+                        "the built-in demo config has no file to re-read")
             return
         version = self.config.metadata.version
         try:
@@ -388,38 +399,58 @@ class Supervisor:
                       version, self.config_path, _indent(str(e)))
             self.reloads["rejected"] += 1
             return
+        self.activate(new)
+
+    def activate(self, new: Config, done: ReloadDone | None = None) -> str | None:
+        """Make `new` (already built by load_checked or build_checked) the active config on
+        every worker, through the SIGHUP reload path. Returns why it was refused (the active
+        config keeps serving), or None; `done` is then called once every worker answered,
+        with None or what failed."""
+        version = self.config.metadata.version
+        problem = None
         changes = binding_changes(self.config, new)
         if changes:
-            log.error("reload rejected, still serving config %s: listener changes need a "
-                      "restart:\n%s", version, _indent("\n".join(changes)))
+            problem = "listener changes need a restart:\n" + _indent("\n".join(changes))
+        elif self.services and _admin_binding(self.config) != _admin_binding(new):
+            problem = (f"admin address changes need a restart (admin "
+                       f"{_admin_binding(self.config)} -> {_admin_binding(new)})")
+        if problem is not None:
+            log.error("reload rejected, still serving config %s: %s", version, problem)
             self.reloads["rejected"] += 1
-            return
-        if self.services and _admin_binding(self.config) != _admin_binding(new):
-            log.error("reload rejected, still serving config %s: admin address changes need a "
-                      "restart (admin %s -> %s)", version, _admin_binding(self.config),
-                      _admin_binding(new))
-            self.reloads["rejected"] += 1
-            return
+            return problem
         self.config = new
         self.config_since = time.time()
         self.reloads["applied"] += 1
         self._write_snapshot()
+        for waiter in self._reload_waiters:  # superseded before every worker answered
+            waiter(f"superseded by config {new.metadata.version}")
+        self._reload_waiters = [] if done is None else [done]
         self._reloading = set(self._procs)
         self._reload_failed = 0
         log.info("reloading %s to config %s", _workers(len(self._procs)), new.metadata.version)
         self._signal_all(signal.SIGHUP)
+        if not self._reloading:  # no worker running: the next ones start on the new config
+            self._finish_reload()
+        return None
 
     def _reload_answered(self, pid: int) -> None:
         if pid not in self._reloading:
             return
         self._reloading.discard(pid)
         if not self._reloading:
-            version = self.config.metadata.version
-            if self._reload_failed:
-                log.error("config %s active on some workers only: %d failed to reload",
-                          version, self._reload_failed)
-            else:
-                log.info("config %s active on all workers", version)
+            self._finish_reload()
+
+    def _finish_reload(self) -> None:
+        version = self.config.metadata.version
+        if self._reload_failed:
+            outcome = f"{self._reload_failed} worker(s) failed to reload"
+            log.error("config %s active on some workers only: %s", version, outcome)
+        else:
+            outcome = None
+            log.info("config %s active on all workers", version)
+        waiters, self._reload_waiters = self._reload_waiters, []
+        for waiter in waiters:
+            waiter(outcome)
 
     # ---- what the admin API asks for ----
     def workers_status(self) -> list[dict]:

@@ -1,9 +1,17 @@
 """TLS contexts built from config: server contexts for terminating listeners and client
 contexts for clusters that originate TLS. Files are read here, at build time, so a bad
 certificate rejects the config (with the file and the reason) and the running one keeps
-serving."""
+serving.
+
+Expired or not-yet-valid material fails closed: a listener certificate, a client certificate
+or any certificate of a CA bundle outside its validity window is a ConfigError naming the
+file and the date, so a reload carrying it is rejected and a first start fails with the
+reason. A certificate that expires within EXPIRY_WARNING is logged as a warning when a
+context is built from it."""
 from __future__ import annotations
 
+import datetime
+import logging
 import ssl
 from collections.abc import Sequence
 
@@ -13,6 +21,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from omnirelay.config import ConfigError, ConfigIssue
 from omnirelay.config.model import Cluster, Listener, TlsContext, UpstreamTls
+
+log = logging.getLogger("omnirelay.tls")
+
+EXPIRY_WARNING = datetime.timedelta(days=7)
 
 
 def build_tls_contexts(listeners: Sequence[Listener]) -> dict[str, ssl.SSLContext]:
@@ -38,7 +50,7 @@ def server_ssl_context(tls: TlsContext, path: str = "tls") -> ssl.SSLContext:
     issues: list[ConfigIssue] = []
     _check_pair(tls.cert_file, tls.key_file, path, issues)
     if tls.client_ca_file is not None:
-        _read(tls.client_ca_file, f"{path}.client_ca_file", "client CA bundle", issues)
+        _check_bundle(tls.client_ca_file, f"{path}.client_ca_file", "client CA bundle", issues)
     if issues:
         raise ConfigError(issues)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -89,7 +101,9 @@ def client_ssl_context(tls: UpstreamTls, protocol: str = "http1",
     """TLS 1.2+ toward upstreams. With an allowed SPIFFE ID list the peer is checked by its
     URI SAN (after chain verification) instead of by host name, as SPIFFE prescribes."""
     issues: list[ConfigIssue] = []
-    if tls.ca_file is not None:
+    if tls.ca_file is not None and tls.verify:
+        _check_bundle(tls.ca_file, f"{path}.ca_file", "trust bundle", issues)
+    elif tls.ca_file is not None:
         _read(tls.ca_file, f"{path}.ca_file", "trust bundle", issues)
     if tls.cert_file is not None and tls.key_file is not None:
         _check_pair(tls.cert_file, tls.key_file, path, issues)
@@ -126,10 +140,13 @@ def _check_pair(cert_file: str, key_file: str, path: str, issues: list[ConfigIss
     key = _read(key_file, key_path, "private key", issues)
     if cert is not None:
         try:
-            if not x509.load_pem_x509_certificates(cert):
+            chain = x509.load_pem_x509_certificates(cert)
+            if not chain:
                 raise ValueError("no certificate found")
         except ValueError as e:
             issues.append(ConfigIssue(cert_path, f"{cert_file}: not a PEM certificate chain ({e})"))
+        else:
+            _check_validity(chain[:1], cert_file, cert_path, "the certificate", issues)
     if key is not None:
         try:
             load_pem_private_key(key, password=None)
@@ -139,6 +156,47 @@ def _check_pair(cert_file: str, key_file: str, path: str, issues: list[ConfigIss
                 "unencrypted PEM key (readable only by the proxy's user)"))
         except (ValueError, UnsupportedAlgorithm) as e:
             issues.append(ConfigIssue(key_path, f"{key_file}: not a PEM private key ({e})"))
+
+
+def _check_bundle(filename: str, path: str, what: str, issues: list[ConfigIssue]) -> None:
+    """Read a CA bundle and record any of its certificates outside its validity window. A
+    bundle that does not parse here is left to OpenSSL, which reports it when loading."""
+    data = _read(filename, path, what, issues)
+    if data is None:
+        return
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return
+    _check_validity(certs, filename, path, f"a certificate of the {what}", issues)
+
+
+def _check_validity(certs: Sequence[x509.Certificate], filename: str, path: str, what: str,
+                    issues: list[ConfigIssue]) -> None:
+    """Fail closed on certificates outside their validity window; warn on those expiring
+    within EXPIRY_WARNING."""
+    now = datetime.datetime.now(datetime.UTC)
+    for cert in certs:
+        subject = cert.subject.rfc4514_string() or f"serial {cert.serial_number:x}"
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        if end < now:
+            issues.append(ConfigIssue(path, f"{filename}: {what} ({subject}) expired on "
+                                      f"{_date(end)}"))
+        elif start > now:
+            issues.append(ConfigIssue(path, f"{filename}: {what} ({subject}) is not valid "
+                                      f"before {_date(start)}"))
+        elif end - now < EXPIRY_WARNING:
+            log.warning("%s: %s: %s (%s) expires on %s, in %s", path, filename, what, subject,
+                        _date(end), _left(end - now))
+
+
+def _date(when: datetime.datetime) -> str:
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _left(delta: datetime.timedelta) -> str:
+    hours = int(delta.total_seconds() // 3600)
+    return f"{hours // 24} d {hours % 24} h" if hours >= 24 else f"{hours} h"
 
 
 def _load_chain(ctx: ssl.SSLContext, cert_file: str, key_file: str, path: str) -> None:

@@ -1,0 +1,259 @@
+"""OmniRelay's config client: one ConfigWatch stream to MeshKit, on a thread of its own.
+
+Per snapshot: verify (SHA-256, then the Ed25519 signature by key id against the trust bundle)
+-> epoch check (never backwards) -> decode and validate (omnirelay.config) -> build check (the
+filters, as a worker builds them) -> activate (a callable: the supervisor's reload path) ->
+persist the LKG -> ACK. Any failure is a NACK with an ErrorDetail code and the active config
+keeps serving. The stream fails over across the listed endpoints (plus those a server's
+RetryHint names) and reconnects with exponential backoff and full jitter, never sooner than a
+server's retry_after.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # the supervisor forks workers
+
+import grpc
+
+from omnirelay.config import Config, ConfigError, load_config
+from omnirelay.config.protos import mesh_pb2, mesh_pb2_grpc
+from omnirelay.config.signing import Keyring, SignedDocument, VerificationError
+
+from .lkg import Lkg, save_lkg
+
+log = logging.getLogger("omnirelay.control")
+
+# NACK codes besides the signing module's VerificationError reasons.
+STALE_EPOCH = "stale_epoch"
+INVALID_CONFIG = "invalid_config"
+APPLY_FAILED = "apply_failed"
+
+# (config) -> None when active on every worker, else why not. Blocks; called on the client thread.
+Activate = Callable[[Config], "str | None"]
+# (config) -> the config, built as a worker would; raises ConfigError or another exception.
+BuildCheck = Callable[[Config], Config]
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter, bounded below by a server's retry_after."""
+
+    base: float = 0.5
+    maximum: float = 30.0
+    attempt: int = 0
+    rng: random.Random | None = None
+
+    def next(self, hint: mesh_pb2.RetryHint | None = None) -> float:
+        base, maximum, floor = self.base, self.maximum, 0.0
+        if hint is not None:
+            base = hint.backoff_base_ms / 1000 if hint.backoff_base_ms else base
+            maximum = hint.backoff_max_ms / 1000 if hint.backoff_max_ms else maximum
+            floor = hint.retry_after_ms / 1000
+        cap = min(maximum, base * 2 ** min(self.attempt, 30))
+        self.attempt += 1
+        return max(floor, (self.rng or random).uniform(0, cap))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class ControlClient:
+    def __init__(self, endpoints: list[str], node: mesh_pb2.Node, keyring: Keyring, *,
+                 activate: Activate, build_check: BuildCheck, lkg_dir: str | None = None,
+                 current: Lkg | None = None, backoff: Backoff | None = None) -> None:
+        if not endpoints:
+            raise ValueError("at least one control-plane endpoint is required")
+        self.endpoints = list(endpoints)
+        self.node = node
+        self.keyring = keyring
+        self.activate = activate
+        self.build_check = build_check
+        self.lkg_dir = lkg_dir
+        self.backoff = backoff or Backoff()
+        self.version = current.version if current else ""
+        self.epoch = current.epoch if current else 0
+        self.sha256 = current.signed.sha256 if current else ""
+        self.failures = 0  # stream attempts in a row that got no response
+        self.unreachable = threading.Event()  # every endpoint failed once in a row
+        self.last_nack: mesh_pb2.Nack | None = None
+        self.acks = 0
+        self._stop = threading.Event()
+        self._call: grpc.Future | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="omnirelay-control", daemon=True)
+
+    # ---- lifecycle ----
+    def start(self) -> ControlClient:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._lock:
+            call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ---- the stream ----
+    def _run(self) -> None:
+        index = 0
+        while not self._stop.is_set():
+            endpoint = self.endpoints[index % len(self.endpoints)]
+            hint: mesh_pb2.RetryHint | None = None
+            responded = False
+            try:
+                responded, hint = self._stream(endpoint)
+            except Exception:
+                log.exception("control plane %s: watch stream failed", endpoint)
+            if self._stop.is_set():
+                return
+            if responded:
+                self.failures = 0
+                self.backoff.reset()
+            else:
+                self.failures += 1
+                if self.failures >= len(self.endpoints):
+                    self.unreachable.set()
+            if hint is not None:
+                for extra in hint.endpoints:
+                    if extra and extra not in self.endpoints:
+                        self.endpoints.append(extra)
+            index += 1  # fail over: the next endpoint in the list
+            delay = self.backoff.next(hint)
+            log.info("control plane: reconnecting to %s in %.2fs",
+                     self.endpoints[index % len(self.endpoints)], delay)
+            self._stop.wait(delay)
+
+    def _hello(self) -> mesh_pb2.WatchRequest:
+        return mesh_pb2.WatchRequest(hello=mesh_pb2.Hello(
+            node=self.node, current_version=self.version, current_epoch=self.epoch,
+            current_sha256=self.sha256))
+
+    def _stream(self, endpoint: str) -> tuple[bool, mesh_pb2.RetryHint | None]:
+        requests: queue.Queue[mesh_pb2.WatchRequest | None] = queue.Queue()
+        requests.put(self._hello())
+        responded = False
+        hint: mesh_pb2.RetryHint | None = None
+        channel = grpc.insecure_channel(endpoint)
+        try:
+            call = mesh_pb2_grpc.ConfigWatchStub(channel).Watch(_drain(requests))
+            with self._lock:
+                self._call = call
+            if self._stop.is_set():
+                call.cancel()
+            log.info("control plane %s: opening the watch stream as node %s", endpoint,
+                     self.node.id)
+            try:
+                for response in call:
+                    responded = True
+                    kind = response.WhichOneof("kind")
+                    if kind == "snapshot":
+                        requests.put(self.handle(response.snapshot))
+                    elif kind == "error":
+                        err = response.error
+                        log.warning("control plane %s ended the stream: %s: %s", endpoint,
+                                    err.code, err.message)
+                        if err.HasField("retry"):
+                            hint = err.retry
+            except grpc.RpcError as exc:
+                if not self._stop.is_set():
+                    log.warning("control plane %s: %s: %s", endpoint, exc.code().name,
+                                exc.details())
+                    hint = hint or _trailer_hint(exc)
+            return responded, hint
+        finally:
+            requests.put(None)
+            with self._lock:
+                self._call = None
+            channel.close()
+
+    # ---- one snapshot ----
+    def handle(self, snap: mesh_pb2.Snapshot) -> mesh_pb2.WatchRequest:
+        """Verify, check and activate `snap`; the ACK or NACK to send back."""
+        try:
+            self.keyring.verify(snap.document, snap.signature, snap.key_id, sha256=snap.sha256,
+                                algorithm=snap.signature_algorithm or "ed25519")
+        except VerificationError as exc:
+            return self._nack(snap, exc.reason, str(exc))
+        if snap.epoch < self.epoch or (snap.epoch == self.epoch and self.sha256
+                                       and snap.sha256 != self.sha256):
+            return self._nack(snap, STALE_EPOCH, f"epoch {snap.epoch} is not newer than the "
+                              f"active config's epoch {self.epoch} (version {self.version!r})")
+        if snap.sha256 == self.sha256:  # already active (a reconnect, or re-signed)
+            self._persist(snap)
+            return self._ack(snap)
+        try:
+            config = load_config(bytes(snap.document))
+        except ConfigError as exc:
+            return self._nack(snap, INVALID_CONFIG, "the document is invalid",
+                              [str(issue) for issue in exc.issues])
+        try:
+            self.build_check(config)
+        except Exception as exc:  # noqa: BLE001 - any failure to build is a refusal
+            return self._nack(snap, INVALID_CONFIG, f"build check failed: {exc}")
+        try:
+            problem = self.activate(config)
+        except Exception as exc:
+            log.exception("activating version %r failed", snap.version)
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None:
+            return self._nack(snap, APPLY_FAILED, problem)
+        self.version, self.epoch, self.sha256 = snap.version, snap.epoch, snap.sha256
+        self._persist(snap)
+        log.info("config %s (epoch %d, %s) active; ACK", snap.version, snap.epoch,
+                 snap.sha256[:16])
+        return self._ack(snap)
+
+    def _persist(self, snap: mesh_pb2.Snapshot) -> None:
+        if self.lkg_dir is None:
+            return
+        signed = SignedDocument(bytes(snap.document), snap.sha256, snap.key_id,
+                                bytes(snap.signature), snap.signature_algorithm or "ed25519")
+        try:
+            save_lkg(self.lkg_dir, Lkg(signed, snap.version, snap.epoch, snap.scope, time.time()))
+        except OSError as exc:
+            log.error("cannot write the LKG in %s: %s", self.lkg_dir, exc)
+
+    def _ack(self, snap: mesh_pb2.Snapshot) -> mesh_pb2.WatchRequest:
+        self.acks += 1
+        return mesh_pb2.WatchRequest(ack=mesh_pb2.Ack(
+            version=snap.version, nonce=snap.nonce, epoch=snap.epoch, sha256=snap.sha256))
+
+    def _nack(self, snap: mesh_pb2.Snapshot, code: str, message: str,
+              details: list[str] | None = None) -> mesh_pb2.WatchRequest:
+        log.error("NACK version %r epoch %d: %s: %s (still serving %r)", snap.version,
+                  snap.epoch, code, message, self.version)
+        nack = mesh_pb2.Nack(version=snap.version, nonce=snap.nonce, epoch=snap.epoch,
+                             error=mesh_pb2.ErrorDetail(code=code, message=message,
+                                                        details=details or []))
+        self.last_nack = nack
+        return mesh_pb2.WatchRequest(nack=nack)
+
+
+def _drain(requests: queue.Queue) -> Iterator[mesh_pb2.WatchRequest]:
+    while True:
+        item = requests.get()
+        if item is None:
+            return
+        yield item
+
+
+def _trailer_hint(exc: grpc.RpcError) -> mesh_pb2.RetryHint | None:
+    try:
+        metadata = dict(exc.trailing_metadata() or ())
+    except Exception:  # noqa: BLE001 - no trailers on a connection failure
+        return None
+    value = metadata.get("omnirelay-retry-after-ms")
+    if value is None or not str(value).isdigit():
+        return None
+    return mesh_pb2.RetryHint(retry_after_ms=int(value))
