@@ -181,6 +181,7 @@ class Relay:
         self._tls.clear()
         for c in self._builder.clusters.values():
             c.close_idle()
+        self._builder.close_access_logs()   # every finished request's record is written
         if self._admin is not None:
             await self._admin.stop()
             self._admin = None
