@@ -69,7 +69,8 @@ def run(config_path, demo_mode, port, workers, drain_timeout, control_plane, nod
         click.echo(f"omnirelay: invalid config {config_path}:\n{indent(e)}", err=True)
         raise SystemExit(EXIT_INVALID_CONFIG) from None
     supervisor = Supervisor(config, workers=workers, drain_timeout=drain_timeout,
-                            config_path=config_path, on_ready=announce)
+                            config_path=config_path,
+                            on_ready=lambda addresses, n: announce(addresses, n, config))
     raise SystemExit(_supervise(supervisor))
 
 
@@ -99,13 +100,23 @@ def _supervise(supervisor: Supervisor) -> int:
                 service.close()
 
 
-def announce(addresses: dict[str, tuple[str, int]], workers: int) -> None:
+def announce(addresses: dict[str, tuple[str, int]], workers: int, config=None) -> None:
     for name, (host, port) in addresses.items():
-        click.echo(f"omnirelay: listener {name} on {url(host, port)} ({plural(workers, 'worker')})")
+        scheme = _scheme(config.listener(name)) if config is not None else "http"
+        click.echo(f"omnirelay: listener {name} on {url(host, port, scheme)} "
+                   f"({plural(workers, 'worker')})")
 
 
-def url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def _scheme(listener) -> str:
+    if listener.protocol == "tcp":
+        return "tcp"
+    if listener.protocol == "tls_passthrough":
+        return "tls"
+    return "https" if listener.tls is not None else "http"
+
+
+def url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _run_control_plane(endpoints, node_id, trust_keys, lkg_dir, region, zone, tenant,
@@ -123,7 +134,7 @@ def _run_control_plane(endpoints, node_id, trust_keys, lkg_dir, region, zone, te
 
     def make_supervisor(config, started):
         def ready(addresses, n):
-            announce(addresses, n)
+            announce(addresses, n, config)
             started()
         return Supervisor(config, workers=workers, drain_timeout=drain_timeout, on_ready=ready)
 
@@ -137,7 +148,7 @@ def _run_demo(port: int, workers: int, drain_timeout: float) -> int:
         config = load_config(demo.demo_config(upstream_port, port))
 
         def ready(addresses: dict[str, tuple[str, int]], workers: int) -> None:
-            announce(addresses, workers)
+            announce(addresses, workers, config)
             host, bound = addresses["demo"]
             click.echo(f"omnirelay demo: curl {url(host, bound)}/  "
                        f"(upstream on 127.0.0.1:{upstream_port}; Ctrl-C to stop)")

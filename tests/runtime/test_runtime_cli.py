@@ -103,3 +103,30 @@ def test_the_shipped_example_config_validates():
     res = run_cli("validate", "examples/edge.yaml")
     assert res.returncode == 0, res.stdout
     assert res.stdout.startswith("OK: ")
+
+
+def test_banner_names_each_listener_with_its_scheme(capsys):
+    from omnirelay.cli.run import announce
+    from omnirelay.config import load_config
+
+    cluster = {"name": "c", "endpoints": [{"address": "127.0.0.1", "port": 9}]}
+    config = load_config({"spec": {
+        "listeners": [
+            {"name": "web", "address": "127.0.0.1", "port": 0},
+            {"name": "secure", "address": "::1", "port": 0,
+             "tls": {"cert_file": "c.pem", "key_file": "k.pem"}},
+            {"name": "db", "address": "127.0.0.1", "port": 0, "protocol": "tcp",
+             "tcp": {"cluster": "c"}},
+            {"name": "sni", "address": "127.0.0.1", "port": 0, "protocol": "tls_passthrough",
+             "sni_routes": [{"server_names": ["*"], "cluster": "c"}]}],
+        "routes": [{"name": "r", "match": {"path": {"prefix": "/"}}, "cluster": "c"}],
+        "clusters": [cluster]}})
+    announce({"web": ("127.0.0.1", 80), "secure": ("::1", 443), "db": ("127.0.0.1", 5432),
+              "sni": ("127.0.0.1", 8443)}, 2, config)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "omnirelay: listener web on http://127.0.0.1:80 (2 workers)",
+        "omnirelay: listener secure on https://[::1]:443 (2 workers)",
+        "omnirelay: listener db on tcp://127.0.0.1:5432 (2 workers)",
+        "omnirelay: listener sni on tls://127.0.0.1:8443 (2 workers)",
+    ]
