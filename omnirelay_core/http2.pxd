@@ -1,4 +1,5 @@
-from omnirelay_core.includes.nghttp2 cimport nghttp2_nv
+from libc.stdint cimport uint8_t
+from omnirelay_core.includes.nghttp2 cimport nghttp2_nv, nghttp2_session
 from omnirelay_core.headers cimport HeaderMap
 
 
@@ -10,3 +11,8 @@ cdef class NvArray:
     cdef list keep
     cdef int add(self, bytes name, bytes value) except -1
     cdef int add_map(self, HeaderMap h, bint skip_host) except -1
+
+
+# Shared by the downstream and upstream sessions.
+cdef ssize_t send_all(nghttp2_session* session, list chunks) except? -1
+cdef size_t copy_chunks(list out, Py_ssize_t* off, uint8_t* buf, size_t length) except? 0

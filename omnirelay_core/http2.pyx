@@ -171,17 +171,14 @@ cdef class H2ServerConnection(ServerConnection):
     cdef int fatal(self, uint32_t code) except -1:
         # GOAWAY, written even to a peer that stopped reading, then close; a
         # peer that never reads it is cut off after a short grace period.
-        cdef const uint8_t* data
-        cdef ssize_t n
+        cdef list chunks = []
         if self.closed or self.session == NULL or self.lingering:
             return 0
         nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE,
                               nghttp2_session_get_last_proc_stream_id(self.session), code, NULL, 0)
-        while True:
-            n = nghttp2_session_mem_send(self.session, &data)
-            if n <= 0:
-                break
-            self.write(PyBytes_FromStringAndSize(<const char*>data, n))
+        send_all(self.session, chunks)   # what it produced before any error still goes out
+        if chunks:
+            self.write(b"".join(chunks))
         # Lingering close: closing with unread input would make the kernel send
         # RST and the peer could lose the GOAWAY. Shut our side, drain theirs.
         self.lingering = True
@@ -199,7 +196,6 @@ cdef class H2ServerConnection(ServerConnection):
 
     # ---- bytes out ----
     cdef int flush(self) except -1:
-        cdef const uint8_t* data
         cdef ssize_t n
         cdef list chunks
         if self.session == NULL or self.closed or self.in_recv or self.lingering:
@@ -214,15 +210,11 @@ cdef class H2ServerConnection(ServerConnection):
         try:
             while True:
                 self.send_again = False
-                while True:
-                    n = nghttp2_session_mem_send(self.session, &data)
-                    if n < 0:
-                        self.listener.stats.downstream_cx_http2_flood += n == NGHTTP2_ERR_FLOODED
-                        self.abort()
-                        return 0
-                    if n == 0:
-                        break
-                    chunks.append(PyBytes_FromStringAndSize(<const char*>data, n))
+                n = send_all(self.session, chunks)
+                if n < 0:
+                    self.listener.stats.downstream_cx_http2_flood += n == NGHTTP2_ERR_FLOODED
+                    self.abort()
+                    return 0
                 if not self.send_again:
                     break
         finally:
@@ -418,17 +410,7 @@ cdef class H2ServerConnection(ServerConnection):
     cdef ssize_t read_body(self, H2StreamState st, uint8_t* buf, size_t length,
                            uint32_t* flags) except? -1:
         # The data provider: copy queued response bytes into nghttp2's frame buffer.
-        cdef size_t copied = 0, take
-        cdef bytes chunk
-        while st.out and copied < length:
-            chunk = <bytes>st.out[0]
-            take = min(<size_t>(len(chunk) - st.out_off), length - copied)
-            memcpy(buf + copied, PyBytes_AS_STRING(chunk) + st.out_off, take)
-            copied += take
-            st.out_off += take
-            if st.out_off == len(chunk):
-                st.out.pop(0)
-                st.out_off = 0
+        cdef size_t copied = copy_chunks(st.out, &st.out_off, buf, length) if st.out else 0
         st.out_bytes -= copied
         if st.write_paused and st.out_bytes <= self.listener.state.buffer_limit // 2:
             st.write_paused = False
@@ -535,6 +517,34 @@ cdef inline void _nv(nghttp2_nv* nv, const char* name, size_t nl, const char* va
     nv.value = <uint8_t*>value
     nv.valuelen = vl
     nv.flags = NGHTTP2_NV_FLAG_NONE
+
+
+cdef ssize_t send_all(nghttp2_session* session, list chunks) except? -1:
+    # Everything the session has to send, appended to `chunks`; 0, or nghttp2's error.
+    cdef const uint8_t* data
+    cdef ssize_t n
+    while True:
+        n = nghttp2_session_mem_send(session, &data)
+        if n <= 0:
+            return n
+        chunks.append(PyBytes_FromStringAndSize(<const char*>data, n))
+
+
+cdef size_t copy_chunks(list out, Py_ssize_t* off, uint8_t* buf, size_t length) except? 0:
+    # A data provider's read: queued chunks into nghttp2's frame buffer; `off` is how
+    # much of out[0] was taken before.
+    cdef size_t copied = 0, take
+    cdef bytes chunk
+    while out and copied < length:
+        chunk = <bytes>out[0]
+        take = min(<size_t>(len(chunk) - off[0]), length - copied)
+        memcpy(buf + copied, PyBytes_AS_STRING(chunk) + off[0], take)
+        copied += take
+        off[0] += take
+        if off[0] == len(chunk):
+            out.pop(0)
+            off[0] = 0
+    return copied
 
 
 cdef class NvArray:

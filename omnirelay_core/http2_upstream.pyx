@@ -5,14 +5,13 @@ import asyncio
 import logging
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from libc.string cimport memcpy
 from libc.stdint cimport int32_t, uint8_t, uint32_t
 
 from omnirelay_core.includes.nghttp2 cimport *
 from omnirelay_core.connection cimport Connection, monotonic
 from omnirelay_core.headers cimport HeaderMap
 from omnirelay_core.upstream cimport UpstreamCallbacks, UpstreamConnection, Endpoint, Cluster
-from omnirelay_core.http2 cimport NvArray
+from omnirelay_core.http2 cimport NvArray, send_all, copy_chunks
 
 from omnirelay_core.errors import UpstreamUnavailable, UpstreamReset
 from omnirelay_core.upstream import open_connection
@@ -237,17 +236,7 @@ cdef class H2UpstreamStream(UpstreamConnection):
 
     # ---- session events ----
     cdef ssize_t read_body(self, uint8_t* buf, size_t length, uint32_t* flags) except? -1:
-        cdef size_t copied = 0, take
-        cdef bytes chunk
-        while self.out and copied < length:
-            chunk = <bytes>self.out[0]
-            take = min(<size_t>(len(chunk) - self.out_off), length - copied)
-            memcpy(buf + copied, PyBytes_AS_STRING(chunk) + self.out_off, take)
-            copied += take
-            self.out_off += take
-            if self.out_off == len(chunk):
-                self.out.pop(0)
-                self.out_off = 0
+        cdef size_t copied = copy_chunks(self.out, &self.out_off, buf, length) if self.out else 0
         self.out_bytes -= copied
         if (self.write_paused_sent and self.out_bytes <= self.endpoint.cluster.buffer_limit // 2):
             self.write_paused_sent = False
@@ -417,8 +406,6 @@ cdef class H2ClientConnection(Connection):
         return 0
 
     cdef int flush(self) except -1:
-        cdef const uint8_t* data
-        cdef ssize_t n
         cdef list chunks
         if self.session == NULL or self.closed or self.in_recv:
             return 0
@@ -430,14 +417,9 @@ cdef class H2ClientConnection(Connection):
         try:
             while True:
                 self.send_again = False
-                while True:
-                    n = nghttp2_session_mem_send(self.session, &data)
-                    if n < 0:
-                        self.abort()
-                        return 0
-                    if n == 0:
-                        break
-                    chunks.append(PyBytes_FromStringAndSize(<const char*>data, n))
+                if send_all(self.session, chunks) < 0:
+                    self.abort()
+                    return 0
                 if not self.send_again:
                     break
         finally:
