@@ -30,6 +30,10 @@ cdef class ListenerState:
     # Access log hook: None (no per-request Python call) or a callable taking
     # the finished HttpStream (omnirelay.telemetry.accesslog.AccessLogger).
     cdef public object access_log
+    # Clusters by name and the (route, cluster) counters of this generation, for
+    # filters that pick the cluster themselves (HttpStream.set_cluster).
+    cdef public dict clusters
+    cdef public dict upstream_stats
 
 
 cdef class DownstreamCodec:

@@ -173,6 +173,8 @@ cdef class ListenerState:
         self.h2_initial_stream_window = h2_initial_stream_window
         self.h2_initial_connection_window = h2_initial_connection_window
         self.access_log = None
+        self.clusters = {}
+        self.upstream_stats = {}
 
 
 cdef class DownstreamCodec:
@@ -1249,6 +1251,25 @@ cdef class HttpStream(UpstreamCallbacks):
         if isinstance(body, str):
             body = body.encode()
         self.send_local_reply(status, body, reason, list(headers or ()))
+
+    def set_cluster(self, str name):
+        """Send this request to cluster `name` instead of the route's choice.
+        Only from a request-headers hook, before any upstream attempt; the
+        request counts in the route's stats under that cluster."""
+        cdef Cluster c
+        if self.route is None or self.cluster is None:
+            raise ValueError("the route has no upstream cluster (direct response or redirect)")
+        if self.attempts > 0 or self.upstream is not None or self.connecting is not None:
+            raise ValueError("the upstream request has already started")
+        c = self.listener.clusters.get(name)
+        if c is None:
+            raise ValueError(f"unknown cluster {name!r}")
+        self.cluster = c
+        key = (self.route.name, name)
+        st = self.listener.upstream_stats.get(key)
+        if st is None:
+            st = self.listener.upstream_stats[key] = UpstreamStats()
+        self.ustats = st
 
     @property
     def path(self):

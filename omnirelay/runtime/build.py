@@ -114,6 +114,11 @@ class TableBuilder:
                 key = (r.name, name)
                 stats = upstream_stats[key] = self.upstream_stats.get(key) or UpstreamStats()
                 route_stats.setdefault(r.name, {})[name] = stats
+        # Counters of clusters a filter chose (set_cluster) survive the reload too.
+        route_names = {r.name for r in spec.routes}
+        for key, stats in self.upstream_stats.items():
+            if key[0] in route_names and key[1] in clusters:
+                upstream_stats.setdefault(key, stats)
         self.upstream_stats = upstream_stats
         listeners: dict[str, ListenerState | L4ListenerState] = {}
         access_logs: dict[str, AccessLogger] = {}
@@ -137,6 +142,8 @@ class TableBuilder:
                 h2_max_concurrent_streams=lst.http2.max_concurrent_streams,
                 h2_initial_stream_window=lst.http2.initial_stream_window_size,
                 h2_initial_connection_window=lst.http2.initial_connection_window_size)
+            listeners[lst.name].clusters = clusters
+            listeners[lst.name].upstream_stats = upstream_stats
             if lst.access_log is not None:
                 logger = self.access_logs.get(lst.name)
                 if logger is None or logger.spec != lst.access_log:

@@ -526,3 +526,39 @@ async def test_stream_reply_with_bad_header_raises_and_stream_stays_answerable()
         assert len(r.headers.getall("x-omnirelay-reason")) <= 1
         assert len(r.headers.getall("content-type")) <= 1
     assert srv.accepted == 0
+
+
+class PickCluster(_Configured):
+    def on_request_headers(self, stream, end_stream):
+        want = stream.request_headers.get("x-cluster")
+        if want:
+            try:
+                stream.set_cluster(want)
+            except ValueError as e:
+                return LocalReply(400, str(e).encode())
+        return CONTINUE
+
+
+@omnirelay.register("tests.pick_cluster")
+class PickClusterFactory(FilterFactory):
+    filter_class = PickCluster
+
+
+async def test_filter_picks_the_cluster():
+    async with Origin("a") as a, Origin("b") as b:
+        cfg = make_config(routes=[{"name": "r", "match": {"path": {"prefix": "/"}},
+                                   "cluster": "ca", "filters": [{"name": "tests.pick_cluster"}]}],
+                          clusters=[{"name": "ca", "endpoints": [{"address": "127.0.0.1",
+                                                                  "port": a.port}]},
+                                    {"name": "cb", "endpoints": [{"address": "127.0.0.1",
+                                                                  "port": b.port}]}])
+        async with omnirelay.Relay(cfg) as relay, await Client.open(relay.address()) as c:
+            r1 = await c.request(get("/x"))
+            r2 = await c.request(get("/x", headers="X-Cluster: cb\r\n"))
+            r3 = await c.request(get("/x", headers="X-Cluster: nope\r\n"))
+            assert (r1.headers.get("x-origin"), r2.headers.get("x-origin")) == ("a", "b")
+            assert r3.status == 400 and b"unknown cluster 'nope'" in r3.body
+            assert len(b.seen) == 1 and len(a.seen) == 1
+            # The override's counters live under the route, keyed by the chosen cluster.
+            stats = relay._builder.upstream_stats[("r", "cb")]
+            assert stats.rq_total == 1
