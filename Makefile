@@ -19,9 +19,18 @@ PIP := $(PY) -m pip
 # test in which a real Prometheus server scrapes the admin API's /metrics (the test runs its
 # own server on a free port; on a machine with systemd, Debian also enables its service);
 # clang, lld, wasi-libc and compiler-rt's wasm32 builtins to build the C test plugins of the
-# Wasm host (tests/extensions: clang --target=wasm32-wasi).
+# Wasm host (tests/extensions: clang --target=wasm32-wasi); etcd for MeshKit's HA store tests
+# (the tests start their own etcd on free ports); node and npm to build the test filter written
+# against the AssemblyScript Proxy-Wasm SDK (skipped when an npm is already on the PATH, e.g.
+# NodeSource's nodejs, which conflicts with Debian's npm package).
 APT_PACKAGES ?= build-essential curl libnghttp2-dev nghttp2-client nginx wrk prometheus \
-	clang lld wasi-libc libclang-rt-14-dev-wasm32
+	clang lld wasi-libc libclang-rt-14-dev-wasm32 etcd-server etcd-client nodejs npm
+# Only for `make wheel` / `make wheel-test` (never installed by `make test`): the aarch64 cross
+# compiler, Debian's Python 3.11 headers and libnghttp2 for both architectures (arm64 ones via
+# multiarch: wheel-sysdeps adds the arm64 dpkg architecture), and qemu-user to run the aarch64
+# wheel. See wheels/README.md.
+WHEEL_APT_PACKAGES ?= gcc-aarch64-linux-gnu libc6-dev-arm64-cross libpython3.11-dev \
+	libpython3.11-dev:arm64 libnghttp2-dev:arm64 qemu-user-static
 PYTEST_ARGS ?=
 BENCH_E2E_ARGS ?=
 LINT_PATHS := $(wildcard omnirelay omnirelay_core meshkit tests bench)
@@ -33,7 +42,8 @@ CORE_SOURCES := $(sort $(shell find omnirelay_core \( -name '*.pyx' -o -name '*.
 STAMP := $(VENV)/.omnirelay-setup.stamp
 SOURCES_LIST := $(VENV)/.omnirelay-core-sources
 
-.PHONY: help setup sysdeps test bench bench-micro bench-e2e run-demo lint wheel protos clean distclean FORCE
+.PHONY: help setup sysdeps test bench bench-micro bench-e2e run-demo lint wheel wheel-sysdeps \
+	wheel-test protos clean distclean FORCE
 
 help:
 	@echo "make setup      system packages (apt, as root), $(VENV), editable install + Cython build"
@@ -41,20 +51,26 @@ help:
 	@echo "make bench      micro benchmarks (pytest-benchmark) + end-to-end wrk run vs nginx/aiohttp"
 	@echo "make run-demo   start a demo upstream and an edge proxy"
 	@echo "make lint       ruff check"
-	@echo "make wheel      build a wheel for this machine into dist/"
+	@echo "make wheel      sdist + manylinux wheels for x86_64 and aarch64 into dist/ (wheels/README.md)"
+	@echo "make wheel-test build them if stale, then install and smoke-test each (aarch64 under qemu)"
 	@echo "make protos     generate omnirelay.config.protos from protos/*.proto (grpcio-tools)"
 	@echo "make clean      remove build outputs and the setup stamp; distclean also removes $(VENV)"
 
 setup: $(STAMP)
 
 # Checked on every run (cheap); apt-get runs only when a package is missing.
+# `pkg:<native arch>` too: `dpkg -s pkg` calls a package installed for two architectures (e.g.
+# libnghttp2-dev beside the arm64 one `make wheel` installs) ambiguous.
 sysdeps:
 	@missing=""; \
+	native=$$(dpkg --print-architecture 2>/dev/null || true); \
 	for p in $(APT_PACKAGES); do \
 	  case "$$p" in nginx|nginx-light|nginx-*) \
 	    if { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1; then continue; fi;; \
+	  nodejs|npm) \
+	    if command -v npm >/dev/null 2>&1; then continue; fi;; \
 	  esac; \
-	  dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
+	  dpkg -s "$$p" >/dev/null 2>&1 || dpkg -s "$$p:$$native" >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v dpkg >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then \
@@ -104,8 +120,21 @@ run-demo: setup
 lint: setup
 	$(PY) -m ruff check $(LINT_PATHS)
 
-wheel: setup
-	PYTHON=$(PY) bash wheels/build.sh
+wheel-sysdeps:
+	@if command -v dpkg >/dev/null 2>&1 && ! dpkg --print-foreign-architectures | grep -qx arm64; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "wheel: run as root: dpkg --add-architecture arm64" >&2; exit 1; fi; \
+	  echo "wheel: adding the arm64 dpkg architecture (multiarch)"; dpkg --add-architecture arm64; \
+	fi
+	@$(MAKE) --no-print-directory sysdeps APT_PACKAGES="$(WHEEL_APT_PACKAGES)"
+
+wheel: wheel-sysdeps
+	PYTHON=$(PYTHON) bash wheels/build.sh
+
+# Slow (minutes): rebuilds dist/ only when a source is newer than it, then runs the tests
+# marked slow in tests/test_wheels.py (not part of `make test`).
+wheel-test: setup wheel-sysdeps
+	PYTHON=$(PYTHON) bash wheels/build.sh --if-stale
+	$(PY) -m pytest -q -p no:cacheprovider -m slow tests/test_wheels.py $(PYTEST_ARGS)
 
 # protos/*.proto -> $(PROTO_OUT)/*_pb2{,_grpc}.py{,i} with grpcio-tools. The generated modules
 # are build output (git-ignored, never edited): importing omnirelay.config.protos in a checkout

@@ -67,6 +67,7 @@ class SnapshotCache:
         self._stored: dict[str, StoredConfig] = {}
         self._revision = 0
         self._event = asyncio.Event()
+        self._next: asyncio.Future[None] | None = None
 
     @property
     def signer(self) -> Signer:
@@ -81,9 +82,19 @@ class SnapshotCache:
         """An event set at the next change (take it before reading, so nothing is missed)."""
         return self._event
 
+    def next_change(self) -> asyncio.Future[None]:
+        """A future done at the next change, shared by every waiter (take it before reading,
+        like `changed()`): thousands of watch streams wait on one future, not a task each."""
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        return self._next
+
     def _notify(self) -> None:
         event, self._event = self._event, asyncio.Event()
         event.set()
+        future, self._next = self._next, None
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def update(self, stored: StoredConfig) -> Snapshot | None:
         """Sign and serve `stored` unless the cache already holds that scope at a later
@@ -109,6 +120,10 @@ class SnapshotCache:
 
     def get(self, scope: str) -> Snapshot | None:
         return self._snapshots.get(scope)
+
+    def snapshots(self) -> list[Snapshot]:
+        """Every scope's current snapshot, by scope name."""
+        return [self._snapshots[scope] for scope in sorted(self._snapshots)]
 
     def resolve(self, node_id: str, tenant: str = "", region: str = "") -> Snapshot | None:
         """The snapshot a node is served: its most specific scope that has one."""

@@ -4,6 +4,9 @@ push to every watching node.
 - Validate: `omnirelay.config.load_config`, the same schema and graph checks every node runs.
 - Diff: against the scope's current revision (read and audited); a document equal to the
   current one apart from the epoch is reported `unchanged` and not written.
+- Capability gating (gating.py): connected nodes the document would reach that lack a
+  capability it needs are reported; a write with such gaps is refused (CapabilityError, audited
+  `refused`) unless forced.
 - Epoch: MeshKit owns it. The published epoch is the document's, raised to one above the
   scope's current epoch when it is not already higher, so nodes always see it increase.
 - Write: compare-and-swap on the revision the diff was made against (or the caller's
@@ -16,7 +19,7 @@ push to every watching node.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +28,26 @@ from omnirelay.config.signing import document_digest
 
 from .cache import Snapshot, SnapshotCache
 from .diff import ConfigDiff, diff_configs
+from .gating import Gap, Target, describe, gaps
 from .scopes import check_scope
-from .store import Store, StoredConfig
+from .store import NotLeader, Store, StoredConfig
 
 PUSH_TIMEOUT = 10.0
 
 
 class PublishError(Exception):
     pass
+
+
+class CapabilityError(Exception):
+    """Connected nodes the document targets cannot run it."""
+
+    def __init__(self, scope: str, found: list[Gap]) -> None:
+        super().__init__(
+            f"refusing to publish scope {scope!r}: {len(found)} connected nodes cannot run "
+            f"it (publish with force to override):\n{describe(found)}"
+        )
+        self.gaps = found
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +71,7 @@ class PublishResult:
     unchanged: bool
     snapshot: Snapshot | None = None
     watchers: int = 0
+    gaps: tuple[Gap, ...] = ()
 
 
 def validate(source: bytes | str | Mapping[str, Any]) -> Validated:
@@ -89,12 +105,18 @@ class Publisher:
         cache: SnapshotCache,
         watchers: Callable[[str], int] = lambda scope: 0,
         *,
+        nodes: Callable[[], Iterable[Target]] = lambda: (),
         push_timeout: float = PUSH_TIMEOUT,
+        may_publish: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.store = store
         self.cache = cache
         self._watchers = watchers
+        self._nodes = nodes
         self.push_timeout = push_timeout
+        # With replicas on etcd only the elected leader writes (meshkit/leader.py): this says
+        # why this replica may not publish now (None: it may).
+        self.may_publish = may_publish
 
     async def diff(
         self, scope: str, validated: Validated, *, actor: str, action: str
@@ -109,6 +131,11 @@ class Publisher:
         config = with_epoch(config, current.epoch if unchanged and current else epoch)
         return current, config, diff_configs(old, config), unchanged
 
+    def gaps(self, scope: str, config: Config) -> list[Gap]:
+        """Connected nodes that publishing `config` on `scope` would reach and that cannot run
+        it."""
+        return gaps(scope, config, self._nodes(), lambda s: self.cache.get(s) is not None)
+
     async def publish(
         self,
         scope: str,
@@ -117,14 +144,25 @@ class Publisher:
         actor: str,
         expected_revision: int | None = None,
         dry_run: bool = False,
+        force: bool = False,
     ) -> PublishResult:
-        """Run the pipeline; ConfigError (invalid), ScopeError, RevisionConflict, PublishError."""
+        """Run the pipeline; ConfigError (invalid), ScopeError, CapabilityError,
+        RevisionConflict, PublishError."""
         scope = check_scope(scope)
         validated = validate(source)
+        refusal = None if dry_run else self.may_publish()
+        if refusal is not None:
+            raise PublishError(refusal)
         current, config, diff, unchanged = await self.diff(
             scope, validated, actor=actor, action="dry-run" if dry_run else "diff"
         )
         current_revision = current.revision if current is not None else 0
+        found = self.gaps(scope, config)
+        if found and not (dry_run or unchanged or force):
+            error = CapabilityError(scope, found)
+            await self.store.append_audit(actor=actor, action="refused", scope=scope,
+                                          revision=current_revision, detail=str(error))
+            raise error
         if dry_run or unchanged:
             document = canonical_json(config)
             return PublishResult(
@@ -136,20 +174,24 @@ class Publisher:
                 diff=diff,
                 dry_run=dry_run,
                 unchanged=unchanged,
+                gaps=tuple(found),
             )
         expected = current_revision if expected_revision is None else expected_revision
         document = canonical_json(config)
         sha256 = document_digest(document)
-        stored = await self.store.put(
-            scope,
-            document,
-            expected_revision=expected,
-            actor=actor,
-            version=config.metadata.version,
-            epoch=config.metadata.epoch,
-            sha256=sha256,
-            detail=diff.summary(),
-        )
+        try:
+            stored = await self.store.put(
+                scope,
+                document,
+                expected_revision=expected,
+                actor=actor,
+                version=config.metadata.version,
+                epoch=config.metadata.epoch,
+                sha256=sha256,
+                detail=diff.summary(),
+            )
+        except NotLeader as exc:  # leadership lost since the check above
+            raise PublishError(self.may_publish() or str(exc)) from None
         if not await self.cache.wait_for_revision(stored.revision, self.push_timeout):
             raise PublishError(
                 f"scope {scope!r} revision {stored.revision} was written but not served within "
@@ -165,7 +207,8 @@ class Publisher:
         if snapshot.revision == stored.revision:  # not already superseded by a newer write
             await self.store.append_audit(
                 actor=actor, action="push", scope=scope, revision=stored.revision,
-                detail=f"signed by {snapshot.key_id}; {watchers} watching nodes",
+                detail=f"signed by {snapshot.key_id}; {watchers} watching nodes"
+                + (f"; forced past capability gaps:\n{describe(found)}" if found else ""),
             )
         return PublishResult(
             scope=scope,
@@ -178,4 +221,5 @@ class Publisher:
             unchanged=False,
             snapshot=snapshot,
             watchers=watchers,
+            gaps=tuple(found),
         )

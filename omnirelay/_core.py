@@ -17,6 +17,11 @@ from omnirelay_core.errors import (
 from omnirelay_core.filterchain import HOOK_METHODS, FilterChain, LocalReply
 from omnirelay_core.headers import HeaderMap
 from omnirelay_core.l4 import L4ListenerRuntime, L4ListenerState, L4Stats
+from omnirelay_core.native import ABI_MAJOR as NATIVE_ABI_MAJOR
+from omnirelay_core.native import ABI_MINOR as NATIVE_ABI_MINOR
+from omnirelay_core.native import NativeBinding
+from omnirelay_core.native import host_api_address as native_host_api_address
+from omnirelay_core.native import include_dir as native_include_dir
 from omnirelay_core.router import HeaderEdits, RouteEntry, RouteTable
 from omnirelay_core.server import ListenerRuntime
 from omnirelay_core.sni import SniTable, negotiated_alpn, parse_client_hello
@@ -26,6 +31,8 @@ from omnirelay_core.upstream import Cluster, Endpoint
 
 __all__ = [
     "HOOK_METHODS",
+    "NATIVE_ABI_MAJOR",
+    "NATIVE_ABI_MINOR",
     "UPSTREAM_TIME_BOUNDS",
     "BadRequest",
     "BodyTooLarge",
@@ -43,6 +50,7 @@ __all__ = [
     "ListenerRuntime",
     "ListenerState",
     "LocalReply",
+    "NativeBinding",
     "NoRoute",
     "ProxyError",
     "RequestTimeout",
@@ -55,6 +63,8 @@ __all__ = [
     "UpstreamStats",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "native_host_api_address",
+    "native_include_dir",
     "negotiated_alpn",
     "parse_client_hello",
     "pool_stats",

@@ -27,8 +27,15 @@ from omnirelay.config import Admin, Config, Endpoint, Listener, load_config
 from omnirelay.config.endpoints import decode_endpoints
 from omnirelay.config.schema import decode_admin
 from omnirelay.discovery import Feeds
+from omnirelay.extensions.packages import last_good_fallback
+from omnirelay.extensions.status import extension_series, extension_status
+from omnirelay.extensions.wasm.shared import metric_series as wasm_metric_series
+from omnirelay.extensions.watch import PackageWatcher
 from omnirelay.runtime.build import BuiltConfig, TableBuilder
+from omnirelay.runtime.tls import ServerTls
 from omnirelay.telemetry import snapshot
+from omnirelay.telemetry.accesslog import access_log_series
+from omnirelay.telemetry.tap import TapHub
 
 log = logging.getLogger("omnirelay")
 
@@ -55,19 +62,39 @@ def _kind(lst: Listener) -> str:
 class _TlsSwitch:
     """A TLS listener's server keeps the SSLContext it started with; that context's SNI
     callback (run for every ClientHello, with or without SNI) hands the connection the
-    context of the current config. A reload thus changes certificates and ALPN for new
-    connections without re-binding, and open connections keep what they negotiated."""
+    context of the current config for the requested server name. A reload thus changes
+    certificates and ALPN for new connections without re-binding, and open connections keep
+    what they negotiated. Once a certificate or bundle the listener relies on has expired,
+    handshakes are refused (fail closed) until a reload brings valid material."""
 
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.front = context
-        self.current = context
-        context.sni_callback = self._select
+    def __init__(self, listener: str, tls: ServerTls) -> None:
+        self.listener = listener
+        self.front = tls.default
+        self.current = tls
+        self.refused = 0  # handshakes refused for expired material
+        self._logged: ServerTls | None = None
+        tls.default.sni_callback = self._select
 
     def _select(self, sslobj: ssl.SSLObject, server_name: str | None,
-                context: ssl.SSLContext) -> None:
+                context: ssl.SSLContext) -> int | None:
         current = self.current
-        if current is not context:
-            sslobj.context = current
+        if time.time() >= current.not_after:
+            return self._refuse(current)
+        chosen = current.select(server_name)
+        if chosen is not context:
+            sslobj.context = chosen
+        return None
+
+    def _refuse(self, current: ServerTls) -> int:
+        self.refused += 1
+        if self._logged is not current:
+            self._logged = current
+            expired = current.expired_file(time.time())
+            filename, end = expired if expired else ("?", current.not_after)
+            log.error("listener %s: %s expired at %s; refusing TLS handshakes until new "
+                      "material is loaded (reload)", self.listener, filename,
+                      time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(end)))
+        return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
 
 
 def _admin_settings(admin: Admin | Mapping[str, Any] | bool | None,
@@ -97,7 +124,10 @@ class Relay:
                  reuse_port: bool = False, ports: dict[str, int] | None = None,
                  admin: Admin | Mapping[str, Any] | bool | None = None):
         self._builder = TableBuilder()
-        self._built = self._builder.build(_as_config(config))
+        # A process that starts while a package file holds a refused version runs the last
+        # good one (a restarted worker runs what its siblings run); reloads refuse.
+        with last_good_fallback():
+            self._built = self._builder.build(_as_config(config))
         self._admin_settings = _admin_settings(admin, self._built.config)
         self._admin: AsyncAdminServer | None = None
         self._admin_source: RelaySource | None = None
@@ -106,6 +136,8 @@ class Relay:
         self.config_since = time.time()
         self._health = HealthCheckers()
         self._feeds = Feeds(on_update=self._endpoints_changed)
+        # A package file that changes rebuilds the active config (extension hot reload).
+        self._packages = PackageWatcher(lambda: self.reload(self.config))
         self._reuse_port = reuse_port
         self._ports = dict(ports or {})
         self._listeners: dict[str, ListenerRuntime | L4ListenerRuntime] = {}
@@ -136,11 +168,12 @@ class Relay:
             await self.stop(drain_timeout=0)
             raise
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+        self._packages.sync(self.config)
         self.ready = True
 
     async def _start_admin(self, settings: Admin) -> None:
         self._admin_source = RelaySource(self, settings)
-        self._admin = AsyncAdminServer(AdminApp(self._admin_source))
+        self._admin = AsyncAdminServer(AdminApp(self._admin_source, taps=self.taps))
         host, port = await self._admin.start(settings.address, settings.port)
         log.info("admin on %s", _http_url(host, port))
 
@@ -150,7 +183,7 @@ class Relay:
         if isinstance(state, L4ListenerState):
             runtime: ListenerRuntime | L4ListenerRuntime = L4ListenerRuntime(state)
         elif lst.name in built.tls:
-            switch = _TlsSwitch(built.tls[lst.name])
+            switch = _TlsSwitch(lst.name, built.tls[lst.name])
             runtime = ListenerRuntime(state, ssl=switch.front)
         else:
             runtime = ListenerRuntime(state)
@@ -171,6 +204,7 @@ class Relay:
         the deadline aborts them. The admin listener (if any) answers until the end, with
         /ready at 503."""
         self.ready = False
+        await self._packages.close()
         await self._feeds.close()
         await self._health.stop()
         if self._sweeper is not None:
@@ -182,6 +216,8 @@ class Relay:
         for c in self._builder.clusters.values():
             c.close_idle()
         self._builder.close_access_logs()   # every finished request's record is written
+        # Queued spans are exported (bounded by the tracing export_timeout), off the loop.
+        await asyncio.get_running_loop().run_in_executor(None, self._builder.close_tracing)
         if self._admin is not None:
             await self._admin.stop()
             self._admin = None
@@ -246,6 +282,7 @@ class Relay:
         self._built = built
         if self._started:
             self._health.sync(cfg, self._builder.clusters)
+            self._packages.sync(cfg)
         self.config_version = cfg.metadata.version
         self.config_since = time.time()
         self.reloads["applied"] += 1
@@ -309,6 +346,12 @@ class Relay:
         return dict(self._bound)
 
     @property
+    def taps(self) -> TapHub:
+        """The admin taps watching this Relay's requests (a worker of `omnirelay run`
+        starts those of its supervisor here)."""
+        return self._builder.taps
+
+    @property
     def admin_address(self) -> tuple[str, int] | None:
         """Where the admin listener accepts, once started; None without one."""
         return self._admin.address if self._admin is not None else None
@@ -317,10 +360,31 @@ class Relay:
         addr = self.admin_address
         return None if addr is None else _http_url(*addr)
 
+    async def flush_traces(self, timeout: float = 5.0) -> bool:
+        """Export the spans of the requests finished so far; False if that took longer than
+        `timeout` seconds (the collector is slow or unreachable)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self._builder.flush_traces, timeout)
+
     def telemetry_snapshot(self) -> dict[str, Any]:
         """This process's counters as metric series, and its clusters' state
-        (telemetry.samples.snapshot): what a worker reports to the supervisor."""
-        return snapshot(self._listeners, self._builder.clusters, self._builder.upstream_stats)
+        (telemetry.samples.snapshot) and its extensions' state: what a worker reports to
+        the supervisor."""
+        snap = snapshot(self._listeners, self._builder.clusters, self._builder.upstream_stats,
+                        self._tls_series() + extension_series() + wasm_metric_series()
+                        + access_log_series(self._builder.access_logs))
+        snap["extensions"] = extension_status()
+        return snap
+
+    def _tls_series(self) -> list[tuple[str, tuple[str, ...], Any]]:
+        out: list[tuple[str, tuple[str, ...], Any]] = []
+        for name, switch in self._tls.items():
+            out += [("omnirelay_tls_certificate_expiry_timestamp_seconds", (name, filename), end)
+                    for filename, end in switch.current.expiry]
+            if switch.refused:
+                out.append(("omnirelay_tls_handshakes_refused_total", (name, "expired"),
+                            switch.refused))
+        return out
 
     def stats(self) -> dict[str, Any]:
         return {

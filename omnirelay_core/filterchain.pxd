@@ -17,9 +17,10 @@ cdef enum Hook:
 
 
 # A native filter: a C table the core calls directly, without the GIL. A hook
-# returns 0 (continue), 1 (stop; resumed later through the host API) or an HTTP
-# status 100..599 (local reply). `stream` is an opaque handle for the host API
-# that the native-plugin ABI (omnirelay_plugin.h) defines on top of this.
+# returns 0 (continue), 1 (stop: headers pause until stream.resume(), bodies
+# buffer) or an HTTP status 100..599 (local reply); a reply the host API stored
+# in FilterState.local_reply during the call wins. `stream` is the HttpStream,
+# an opaque handle for the host API of omnirelay_core.native (omnirelay_plugin.h).
 ctypedef int (*native_hook_t)(void* config, void* stream, int end_stream) noexcept nogil
 
 cdef struct NativeFilterTable:
@@ -44,6 +45,9 @@ cdef class FilterState:
     cdef int paused_hook        # -1 when not paused
     cdef public object local_reply
     cdef public object buffered  # bytearray for a body hook that asked to buffer
+    # The chunk a native body hook sees, and its replacement through the host API.
+    cdef object body_chunk       # bytes during a native body hook, else None
+    cdef object body_out         # bytes set by the host API, else None
 
     cdef int run(self, int hook, object stream, object arg, bint end_stream, Py_ssize_t start) except -1
     cdef object run_body(self, int hook, object stream, object data, bint end_stream)

@@ -56,12 +56,12 @@ cdef class FilterChain:
             raise MemoryError()
         for i, names in enumerate(hooks):
             # A factory exposing `native_table` (the address of a NativeFilterTable
-            # it keeps alive) is called at C level; only header and trailer hooks so far.
+            # it keeps alive) is called at C level, for every hook it fills in.
             addr = getattr(self.factories[i], "native_table", 0)
             if addr:
                 tbl = <NativeFilterTable*><uintptr_t>addr
                 self.native[i] = tbl
-                for h in (REQUEST_HEADERS, REQUEST_TRAILERS, RESPONSE_HEADERS, RESPONSE_TRAILERS):
+                for h in range(N_HOOKS):
                     if tbl.hooks[h] != NULL:
                         by_hook[h].append(i)
                 continue
@@ -110,6 +110,8 @@ cdef class FilterState:
                 fn = tbl.hooks[hook]
                 with nogil:
                     rc = fn(tbl.config, handle, end_stream)
+                if self.local_reply is not None:
+                    return LOCAL_REPLY      # the host API stored a reply
                 if rc == 0:
                     continue
                 if rc == 1:
@@ -148,10 +150,38 @@ cdef class FilterState:
         buffer (STOP), or a LocalReply."""
         cdef tuple idx = <tuple>self.chain.by_hook[hook]
         cdef str meth = HOOK_METHODS[hook]
+        cdef NativeFilterTable* tbl
+        cdef native_hook_t fn
+        cdef void* handle = <void*>stream
+        cdef int rc
         if self.buffered is not None:
             self.buffered += data
             data = bytes(self.buffered)
         for k in range(len(idx)):
+            tbl = self.chain.native[<Py_ssize_t>idx[k]]
+            if tbl != NULL:
+                fn = tbl.hooks[hook]
+                self.body_chunk = data
+                with nogil:
+                    rc = fn(tbl.config, handle, end_stream)
+                if self.body_out is not None:
+                    data = self.body_out
+                self.body_chunk = self.body_out = None
+                if self.local_reply is not None:
+                    r, self.local_reply, self.buffered = self.local_reply, None, None
+                    return r
+                if rc == 0:
+                    continue
+                if rc == 1 and not end_stream:
+                    if self.buffered is None:
+                        self.buffered = bytearray(data)
+                    return None
+                self.buffered = None
+                if 100 <= rc <= 599:
+                    return LocalReply(rc, reason="native_filter")
+                _log.error("native filter %d returned %d from a body hook",
+                           <Py_ssize_t>idx[k], rc)
+                return LocalReply(500, b"filter failure\n", reason="filter_failure")
             f = self.filters[<Py_ssize_t>idx[k]]
             try:
                 r = getattr(f, meth)(stream, data, end_stream)
@@ -177,7 +207,14 @@ cdef class FilterState:
 
     cdef int run_log(self, object stream) except -1:
         cdef tuple idx = <tuple>self.chain.by_hook[LOG]
+        cdef NativeFilterTable* tbl
+        cdef void* handle = <void*>stream
         for k in idx:
+            tbl = self.chain.native[<Py_ssize_t>k]
+            if tbl != NULL:
+                with nogil:
+                    tbl.hooks[<int>LOG](tbl.config, handle, 1)
+                continue
             try:
                 self.filters[<Py_ssize_t>k].on_log(stream)
             except Exception:

@@ -30,6 +30,10 @@ cdef class ListenerState:
     # Access log hook: None (no per-request Python call) or a callable taking
     # the finished HttpStream (omnirelay.telemetry.accesslog.AccessLogger).
     cdef public object access_log
+    # Request hook for tracing and taps: None (no per-request Python call) or an object
+    # with begin(stream) -> the per-request hook (HttpStream.trace), and finish(stream)
+    # (omnirelay.telemetry.tracing.ListenerHook).
+    cdef public object trace
     # Clusters by name and the (route, cluster) counters of this generation, for
     # filters that pick the cluster themselves (HttpStream.set_cluster).
     cdef public dict clusters
@@ -97,6 +101,10 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef readonly str local_reason
     cdef int log_flags            # LOG_* bits for the access log
     cdef double upstream_start    # monotonic start of the first upstream attempt; 0 = none
+    # What listener.trace.begin returned (None: not begun, no attempt calls), called per
+    # upstream attempt: attempt(host, port, t), attempt_status(status), attempt_error(exc),
+    # attempt_end(t).
+    cdef public object trace
     # request framing
     cdef public long long req_content_length
     cdef public bint req_chunked

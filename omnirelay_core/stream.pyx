@@ -173,6 +173,7 @@ cdef class ListenerState:
         self.h2_initial_stream_window = h2_initial_stream_window
         self.h2_initial_connection_window = h2_initial_connection_window
         self.access_log = None
+        self.trace = None
         self.clusters = {}
         self.upstream_stats = {}
 
@@ -352,6 +353,8 @@ cdef class HttpStream(UpstreamCallbacks):
         # Filters are done with the request head: go upstream.
         if self.done:
             return 0
+        if self.listener.trace is not None and self.trace is None:
+            self.trace = self.listener.trace.begin(self)
         if self.route.action >= ACTION_DIRECT:
             return self._route_reply()
         self._prepare_request_headers()
@@ -506,6 +509,8 @@ cdef class HttpStream(UpstreamCallbacks):
         self.try_start = monotonic()
         if self.upstream_start == 0:
             self.upstream_start = self.try_start
+        if self.trace is not None:    # tracing: a CLIENT span per attempt, its traceparent
+            self.trace.attempt(ep.host, ep.port, self.try_start)
         if route.per_try_timeout > 0 and not self.is_upgrade and not self.is_connect:
             self.try_timer = asyncio.get_running_loop().call_later(
                 route.per_try_timeout, self._on_try_timeout)
@@ -600,6 +605,8 @@ cdef class HttpStream(UpstreamCallbacks):
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
+        if self.trace is not None:
+            self.trace.attempt_end(monotonic())
         self._abandon_connect()
         self.upstream_sent_head = False
         self.upstream_end_sent = False
@@ -628,6 +635,8 @@ cdef class HttpStream(UpstreamCallbacks):
                 self.fail(e)
 
     cdef int _attempt_failed(self, object exc, int cond) except -1:
+        if self.trace is not None:
+            self.trace.attempt_error(exc)
         if self.endpoint is not None:
             self.cluster.report(self.endpoint, 0)
         if self._should_retry(cond, 0):
@@ -871,6 +880,8 @@ cdef class HttpStream(UpstreamCallbacks):
             self.try_timer = None
         self.cluster.report(c.endpoint, status)
         self.ustats.count_status(status)
+        if self.trace is not None:
+            self.trace.attempt_status(status)
         if self._should_retry(0, status):
             # Discard this response (and its connection) and try again.
             return self._retry()
@@ -1169,6 +1180,9 @@ cdef class HttpStream(UpstreamCallbacks):
             self.upstream = None
         if self.fstate is not None:
             self.fstate.run_log(self)
+        al = self.listener.trace
+        if al is not None:
+            al.finish(self)   # spans of the request and its attempts; taps
         al = self.listener.access_log
         if al is not None:
             al(self)      # the logger samples/limits, then calls access_record()

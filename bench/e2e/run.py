@@ -18,6 +18,7 @@ peer ran, 1 when one failed to start or to serve (its reason is in `failed_peers
     .venv/bin/python bench/e2e/run.py --scenario routes --duration 4 --rounds 2
     .venv/bin/python bench/e2e/run.py --peers omnirelay,omnirelay-admin --skip-large  # telemetry cost
     .venv/bin/python bench/e2e/run.py --peers omnirelay,omnirelay-accesslog --skip-large  # access log
+    .venv/bin/python bench/e2e/run.py --peers omnirelay,omnirelay-wasm --skip-large  # Wasm filter
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ TARGETS = {
     "omnirelay_admin_over_omnirelay_rps": (">=", 0.85),
     # the same proxy with a JSON access log to a file (every request) vs without
     "omnirelay_accesslog_over_omnirelay_rps": (">=", 0.85),
+    # the same proxy with one Proxy-Wasm filter adding a request header vs without
+    "omnirelay_wasm_over_omnirelay_rps": (">=", 0.5),
 }
 SCRAPE_INTERVAL = 1.0  # how often the omnirelay-admin peer's /metrics is read during the run
 LARGE_PEERS = ("direct", "nginx", "omnirelay")  # peers measured on the 1 MiB body
@@ -91,6 +94,14 @@ def omnirelay_accesslog_config(port: int, upstream_port: int, log_path: str) -> 
     """The omnirelay peer's config with a JSON access log (every request) to `log_path`."""
     return omnirelay_config(port, upstream_port).replace(
         f"port: {port}}}", f"port: {port}, access_log: {{path: {json.dumps(log_path)}, format: json}}}}", 1)
+
+
+def omnirelay_wasm_config(port: int, upstream_port: int) -> str:
+    """The omnirelay peer's config with one Proxy-Wasm filter that adds a request header."""
+    wasm = {"name": "omnirelay.filters.http.wasm",
+            "config": {"path": str(HERE / "add_header.wat"), "name": "bench"}}
+    return omnirelay_config(port, upstream_port).replace(
+        "cluster: upstream}", f"cluster: upstream, filters: [{json.dumps(wasm)}]}}", 1)
 
 
 def nginx_conf(name: str, tmp: Path, server_body: str, http_extra: str = "") -> str:
@@ -189,6 +200,9 @@ PEERS = {
         b.omnirelay, "run", "--workers", "1", "--config",
         b.write("omnirelay-accesslog.yaml",
                 omnirelay_accesslog_config(port, b.upstream_port, str(b.tmp / "access.log")))],
+    "omnirelay-wasm": lambda b, port: [
+        b.omnirelay, "run", "--workers", "1", "--config",
+        b.write("omnirelay-wasm.yaml", omnirelay_wasm_config(port, b.upstream_port))],
     "aiohttp": lambda b, port: [sys.executable, str(HERE / "aiohttp_proxy.py"), "--host", HOST,
                                 "--port", str(port), "--upstream", f"{HOST}:{b.upstream_port}"],
 }
@@ -538,6 +552,8 @@ def report(args, peers: list[Peer], failed: dict) -> dict:
                                                      get("omnirelay", "rps")),
         "omnirelay_accesslog_over_omnirelay_rps": _ratio(get("omnirelay-accesslog", "rps"),
                                                          get("omnirelay", "rps")),
+        "omnirelay_wasm_over_omnirelay_rps": _ratio(get("omnirelay-wasm", "rps"),
+                                                    get("omnirelay", "rps")),
         "omnirelay_over_nginx_rps": _ratio(get("omnirelay", "rps"), get("nginx", "rps")),
         "omnirelay_over_aiohttp_rps": _ratio(get("omnirelay", "rps"), get("aiohttp", "rps")),
         "omnirelay_over_nginx_p99": _ratio(get("omnirelay", "p99_ms"), get("nginx", "p99_ms")),

@@ -1,7 +1,12 @@
 """The `meshkit` command (`python -m meshkit`): run the control plane, make keys and tokens.
 
     meshkit serve --db meshkit.db --signing-key key.pem [--listen 127.0.0.1:7070]
+                  [--store etcd://HOST:PORT[,HOST:PORT]/PREFIX [--replica-id ID]
+                   [--lease-ttl 10s] [--advertise HOST:PORT]]
                   [--tokens-file tokens.json | --no-auth] [--key-id ID] [--log-level info]
+                  [--ca-dir DIR --trust-domain TD [--svid-ttl 24h]
+                   [--mtls [--bootstrap-listen HOST:PORT] [--server-name NAME ...]]]
+    meshkit leader --store etcd://HOST:PORT/PREFIX
     meshkit keygen KEYFILE [--key-id ID] [--bundle trust.json [--overlap 1h]]
     meshkit token add --tokens-file tokens.json --name NAME --permission read|mutate
 """
@@ -9,8 +14,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -28,6 +36,33 @@ def _duration(value: str) -> float:
         return parse_duration(value)
     except (ValueError, TypeError) as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _etcd_tls_options(command):
+    """--etcd-ca/--etcd-cert/--etcd-key: TLS (and client certificates) to etcd."""
+    pem = click.Path(exists=True, dir_okay=False)
+    for name, text in reversed([
+        ("--etcd-ca", "CA certificate (PEM) of etcd's server certificates (TLS to etcd)."),
+        ("--etcd-cert", "Client certificate (PEM) for etcd's --client-cert-auth."),
+        ("--etcd-key", "Private key (PEM) of --etcd-cert."),
+    ]):
+        command = click.option(name, type=pem, default=None, help=text)(command)
+    return command
+
+
+def _etcd_store(url: str, tls_files: tuple[str | None, ...]):
+    """The EtcdStore for `--store URL` and the --etcd-* files (usage errors say why not)."""
+    from ..store.etcd import EtcdStore, EtcdTLS
+
+    try:
+        tls = EtcdTLS.load(*tls_files) if any(tls_files) else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--etcd-ca/--etcd-cert/--etcd-key"
+                                 ) from None
+    try:
+        return EtcdStore.from_url(url, tls=tls)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--store") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,14 +83,48 @@ def main() -> None:
 @click.option("--no-auth", is_flag=True, help="Accept every northbound call (development only).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--ca-dir", type=click.Path(file_okay=False),
+              help="Enable the CA: where its keys (mode 0600) and bundle.pem are kept.")
+@click.option("--trust-domain", default=None, help="The CA's SPIFFE trust domain (example.org).")
+@click.option("--svid-ttl", default="24h", show_default=True,
+              help="Lifetime of the certificates the CA issues (and the most a node may ask).")
+@click.option("--mtls", is_flag=True,
+              help="Serve --listen over mTLS (node SVIDs of this CA); needs --ca-dir.")
+@click.option("--bootstrap-listen", default=None,
+              help="With --mtls: server-only TLS address for first certificates (bootstrap "
+                   "tokens) and the admin API (bearer tokens).")
+@click.option("--server-name", "server_names", multiple=True,
+              help="Extra DNS name or IP of MeshKit's server certificate; repeatable.")
+@click.option("--store", "store_url", default=None, metavar="etcd://HOST:PORT[,...]/PREFIX",
+              help="Keep the state in etcd instead of --db; replicas on one etcd elect the "
+                   "one that publishes, all serve watches.")
+@click.option("--replica-id", default=None,
+              help="With --store: this replica's name (default: HOSTNAME-PID).")
+@click.option("--lease-ttl", default="10s", show_default=True,
+              help="With --store: leader lease TTL; a dead leader is replaced within it.")
+@click.option("--advertise", default=None,
+              help="With --store: the address the other replicas name as this leader's "
+                   "(default: the --listen host and bound port).")
+@_etcd_tls_options
+@click.option("--http-listen", default=None,
+              help="Also serve the JSON/HTTP northbound API (plaintext; HOST:PORT, port 0 "
+                   "picks one); it prints `meshkit: http api on HOST:PORT`.")
+@click.option("--drift-retry", default="1s,30s,5", show_default=True,
+              help="Re-sends of the desired snapshot to a drifting node: BASE,MAX,ATTEMPTS "
+                   "(backoff BASE*2^n capped at MAX; ATTEMPTS 0 disables).")
 def serve(db: str, signing_key: str, key_id: str | None, listen: str, tokens_file: str | None,
-          no_auth: bool, log_level: str) -> None:
+          no_auth: bool, log_level: str, ca_dir: str | None, trust_domain: str | None,
+          svid_ttl: str, mtls: bool, bootstrap_listen: str | None,
+          server_names: tuple[str, ...], store_url: str | None, replica_id: str | None,
+          lease_ttl: str, advertise: str | None, etcd_ca: str | None, etcd_cert: str | None,
+          etcd_key: str | None, http_listen: str | None = None,
+          drift_retry: str = "1s,30s,5") -> None:
     """Run MeshKit in the foreground until SIGTERM or SIGINT.
 
     Prints `meshkit: listening on HOST:PORT` on stdout once it serves.
     """
     from ..server import MeshKit
-    from ..store import SqliteStore, StoreError
+    from ..store import StoreError
 
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr,
@@ -63,6 +132,7 @@ def serve(db: str, signing_key: str, key_id: str | None, listen: str, tokens_fil
     )
     if bool(tokens_file) == no_auth:
         raise click.UsageError("give exactly one of --tokens-file and --no-auth")
+    repush = _repush_policy(drift_retry)
     try:
         signer = Signer.load(signing_key, key_id)
         tokens = TokenAuthority.disabled() if no_auth else TokenAuthority.load(tokens_file)
@@ -71,17 +141,26 @@ def serve(db: str, signing_key: str, key_id: str | None, listen: str, tokens_fil
 
     async def run() -> None:
         try:
-            store = SqliteStore(db)
+            store, election = await _open_store(db, store_url, replica_id, lease_ttl, advertise,
+                                                (etcd_ca, etcd_cert, etcd_key))
         except StoreError as exc:
             raise click.ClickException(str(exc)) from None
-        mesh = MeshKit(store, signer, tokens, listen=listen)
+        mesh = MeshKit(store, signer, tokens, listen=listen, election=election,
+                       http_listen=http_listen, repush=repush,
+                       **_ca_options(store, ca_dir, trust_domain, svid_ttl, mtls,
+                                     bootstrap_listen, server_names, listen))
         try:
             port = await mesh.start()
         except OSError as exc:
             await store.close()
             raise click.ClickException(str(exc)) from None
         host = listen.rpartition(":")[0]
-        click.echo(f"meshkit: listening on {host}:{port} (signing key {signer.key_id})")
+        click.echo(f"meshkit: listening on {host}:{port} (signing key {signer.key_id})"
+                   + (" mtls" if mesh.tls else "")
+                   + (f" bootstrap {bootstrap_listen.rpartition(':')[0]}:{mesh.bootstrap_port}"
+                      if mesh.bootstrap_port else ""))
+        if mesh.http_port:
+            click.echo(f"meshkit: http api on {http_listen.rpartition(':')[0]}:{mesh.http_port}")
         sys.stdout.flush()
 
         loop = asyncio.get_running_loop()
@@ -114,6 +193,70 @@ def serve(db: str, signing_key: str, key_id: str | None, listen: str, tokens_fil
         await store.close()
 
     asyncio.run(run())
+
+
+async def _open_store(db: str, url: str | None, replica_id: str | None, lease_ttl: str,
+                      advertise: str | None, tls_files: tuple[str | None, ...]):
+    """(store, election): SQLite at `db`, or etcd at `url` with a leader election."""
+    from ..store import SqliteStore
+
+    if url is None:
+        if replica_id or advertise or any(tls_files):
+            raise click.UsageError("--replica-id, --advertise and --etcd-* apply to --store only")
+        return SqliteStore(db), None
+    from ..leader import Election
+
+    ttl = _duration(lease_ttl)
+    if ttl < 1:
+        raise click.BadParameter(f"{lease_ttl!r}: at least 1s", param_hint="--lease-ttl")
+    store = _etcd_store(url, tls_files)
+    try:
+        await store.check()
+    except BaseException:
+        await store.close()
+        raise
+    replica = replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    return store, Election(store, replica, address=advertise or "", ttl=round(ttl))
+
+
+def _repush_policy(value: str):
+    from ..server.nodes import RepushPolicy
+
+    parts = value.split(",")
+    if len(parts) != 3 or not parts[2].strip().isdigit():
+        raise click.BadParameter("expected BASE,MAX,ATTEMPTS, e.g. 1s,30s,5",
+                                 param_hint="--drift-retry")
+    return RepushPolicy(_duration(parts[0].strip()), _duration(parts[1].strip()),
+                        int(parts[2]))
+
+
+def _ca_options(store, ca_dir, trust_domain, svid_ttl, mtls, bootstrap_listen, server_names,
+                listen) -> dict:
+    """MeshKit's CA keyword arguments from `serve`'s options (none without --ca-dir)."""
+    if ca_dir is None:
+        if mtls or trust_domain or bootstrap_listen:
+            raise click.UsageError("--mtls, --trust-domain and --bootstrap-listen need --ca-dir")
+        return {}
+    if not trust_domain:
+        raise click.UsageError("--ca-dir needs --trust-domain")
+    if bootstrap_listen and not mtls:
+        raise click.UsageError("--bootstrap-listen applies to --mtls only")
+    if mtls and not bootstrap_listen:
+        click.echo("meshkit: warning: --mtls without --bootstrap-listen: nodes cannot get a "
+                   "first certificate and omnirctl cannot connect (it has no client "
+                   "certificate)", err=True)
+    from ..ca import CertificateAuthority, SoftwareKeyStore
+    from ..ca.server_tls import ServerIdentity
+
+    try:
+        ca = CertificateAuthority(store, SoftwareKeyStore(ca_dir), trust_domain,
+                                  default_ttl=_duration(svid_ttl),
+                                  bundle_file=Path(ca_dir) / "bundle.pem")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trust-domain") from None
+    host = listen.rpartition(":")[0].strip("[]")
+    tls = ServerIdentity(ca, [host, *server_names]) if mtls else None
+    return {"ca": ca, "tls": tls, "bootstrap_listen": bootstrap_listen}
 
 
 @main.command()
@@ -168,3 +311,30 @@ def token_add(tokens_file: str, name: str, permission: str) -> None:
         click.echo(add_token(tokens_file, name, permission))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--store", "store_url", required=True, metavar="etcd://HOST:PORT[,...]/PREFIX",
+              help="The etcd store the replicas share.")
+@_etcd_tls_options
+def leader(store_url: str, etcd_ca: str | None, etcd_cert: str | None,
+           etcd_key: str | None) -> None:
+    """Print which replica leads (publishes) as JSON; exit status 1 if none does."""
+    from ..leader import current_leader
+    from ..store import StoreError
+
+    store = _etcd_store(store_url, (etcd_ca, etcd_cert, etcd_key))
+
+    async def read():
+        try:
+            return await current_leader(store)
+        finally:
+            await store.close()
+
+    try:
+        found = asyncio.run(read())
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    if found is None:
+        raise click.ClickException(f"no replica leads on {store.where}")
+    click.echo(json.dumps({"replica": found.replica, "address": found.address}))

@@ -2,15 +2,19 @@
 
     omnirctl [--server HOST:PORT] [--token TOKEN] COMMAND
     omnirctl config get [--scope S] [--raw]
-    omnirctl config set FILE [--scope S] [--dry-run] [--expected-revision N]
+    omnirctl config set FILE [--scope S] [--dry-run] [--expected-revision N] [--force]
     omnirctl config validate FILE [--scope S] [--local]
     omnirctl nodes [--connected] [--json]
+    omnirctl status [--scope S] [--json] [--check]
     omnirctl audit tail [--since 10m|RFC3339] [--scope S] [--limit N] [--json]
     omnirctl endpoints set CLUSTER FILE
+    omnirctl ca init|status|rotate|bundle|register-node|issue|revoke|list (meshkit/cli/ca.py)
 
---server defaults to $OMNIRCTL_SERVER or 127.0.0.1:7070, --token to $OMNIRCTL_TOKEN.
+--server defaults to $OMNIRCTL_SERVER or 127.0.0.1:7070, --token to $OMNIRCTL_TOKEN; with
+--cacert ($OMNIRCTL_CACERT) the connection is TLS (MeshKit's --bootstrap-listen port).
 Exit status: 0 done, 1 invalid document, 2 usage, 3 compare-and-swap conflict,
-4 authentication or permission refused, 5 MeshKit unreachable, 6 not found, 7 other errors.
+4 authentication or permission refused, 5 MeshKit unreachable, 6 not found, 7 other errors,
+8 refused by capability gating, 9 (status --check) a connected node drifts.
 """
 
 from __future__ import annotations
@@ -26,12 +30,16 @@ import grpc
 from omnirelay.config import ConfigError, parse_duration
 from omnirelay.config.protos import admin_pb2, admin_pb2_grpc
 
+from .ca import ca as ca_commands
+
 EXIT_INVALID = 1
 EXIT_CONFLICT = 3
 EXIT_AUTH = 4
 EXIT_UNAVAILABLE = 5
 EXIT_NOT_FOUND = 6
 EXIT_ERROR = 7
+EXIT_GAPS = 8
+EXIT_DRIFT = 9
 
 _STATUS_EXIT = {
     grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
@@ -41,26 +49,39 @@ _STATUS_EXIT = {
     grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
     grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION: EXIT_GAPS,
 }
 
 
 class Client:
-    def __init__(self, server: str, token: str | None, timeout: float) -> None:
+    def __init__(self, server: str, token: str | None, timeout: float,
+                 cacert: str | None = None) -> None:
         self.server = server
         self.token = token
         self.timeout = timeout
+        self.cacert = cacert  # MeshKit's CA bundle: TLS (its bootstrap port) instead of plaintext
         self._channel: grpc.Channel | None = None
 
     @property
-    def stub(self) -> admin_pb2_grpc.MeshAdminStub:
+    def channel(self) -> grpc.Channel:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.server)
-        return admin_pb2_grpc.MeshAdminStub(self._channel)
+            if self.cacert:
+                with open(self.cacert, "rb") as f:
+                    credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+                self._channel = grpc.secure_channel(self.server, credentials)
+            else:
+                self._channel = grpc.insecure_channel(self.server)
+        return self._channel
 
-    def call(self, method: str, request):
+    @property
+    def stub(self) -> admin_pb2_grpc.MeshAdminStub:
+        return admin_pb2_grpc.MeshAdminStub(self.channel)
+
+    def call(self, method: str, request, stub=None):
         metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
         try:
-            return getattr(self.stub, method)(request, timeout=self.timeout, metadata=metadata)
+            return getattr(stub or self.stub, method)(request, timeout=self.timeout,
+                                                      metadata=metadata)
         except grpc.RpcError as exc:
             code = exc.code()
             detail = exc.details() or code.name
@@ -110,16 +131,30 @@ def _diff_lines(summary: str) -> None:
         click.echo(f"  {line}")
 
 
+def _gap_lines(gaps, title: str) -> None:
+    if gaps:
+        click.echo(f"{title}:")
+        for gap in gaps:
+            click.echo(f"  node {gap.node}: lacks {', '.join(gap.missing)}")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# The installed distribution's version (set from omnirelay/_version.py at build time): MeshKit
+# may not import omnirelay beyond omnirelay.config.
+@click.version_option(package_name="omnirelay", prog_name="omnirctl", message="%(prog)s %(version)s")
 @click.option("--server", envvar="OMNIRCTL_SERVER", default="127.0.0.1:7070", show_default=True,
               help="MeshKit's gRPC address ($OMNIRCTL_SERVER).")
 @click.option("--token", envvar="OMNIRCTL_TOKEN", default=None,
               help="Bearer token ($OMNIRCTL_TOKEN).")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds per call.")
+@click.option("--cacert", envvar="OMNIRCTL_CACERT", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Trust bundle of MeshKit's CA: connect over TLS ($OMNIRCTL_CACERT).")
 @click.pass_context
-def main(ctx: click.Context, server: str, token: str | None, timeout: float) -> None:
-    """Operate MeshKit: config, nodes, audit."""
-    ctx.obj = Client(server, token, timeout)
+def main(ctx: click.Context, server: str, token: str | None, timeout: float,
+         cacert: str | None) -> None:
+    """Operate MeshKit: config, nodes, audit, CA."""
+    ctx.obj = Client(server, token, timeout, cacert)
 
 
 @main.group()
@@ -152,9 +187,13 @@ def config_get(scope: str, raw: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Validate and show the diff; write nothing.")
 @click.option("--expected-revision", type=click.IntRange(min=0), default=None,
               help="Write only if the scope is at this revision (0: only if empty).")
-def config_set(file: str, scope: str, dry_run: bool, expected_revision: int | None) -> None:
+@click.option("--force", is_flag=True,
+              help="Publish even if connected nodes of the scope lack a capability it needs.")
+def config_set(file: str, scope: str, dry_run: bool, expected_revision: int | None,
+               force: bool) -> None:
     """Publish FILE (YAML or JSON; - for stdin) to a scope."""
-    request = admin_pb2.SetConfigRequest(scope=scope, document=_read(file), dry_run=dry_run)
+    request = admin_pb2.SetConfigRequest(scope=scope, document=_read(file), dry_run=dry_run,
+                                         force=force)
     if expected_revision is not None:
         request.expected_revision = expected_revision
     r = _client().call("SetConfig", request)
@@ -171,6 +210,8 @@ def config_set(file: str, scope: str, dry_run: bool, expected_revision: int | No
                    f"pushed to {r.watchers} nodes")
     if not r.unchanged:
         _diff_lines(r.summary)
+        _gap_lines(r.capability_gaps, "forced past capability gaps" if not r.dry_run else
+                   "capability gaps (a publish would be refused without --force)")
 
 
 @config.command("validate")
@@ -205,6 +246,8 @@ def config_validate(file: str, scope: str | None, local: bool) -> None:
     if scope:
         click.echo(f"against scope {scope} (would publish as epoch {r.epoch}):")
         _diff_lines(r.summary)
+        _gap_lines(r.capability_gaps,
+                   "capability gaps (a publish would be refused without --force)")
 
 
 @main.command()
@@ -231,7 +274,51 @@ def nodes(connected: bool, as_json: bool) -> None:
             f"{n.nack_code}: {n.nack_message}" if n.nack_code else "-",
             "yes" if n.drift else "no",
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    _table(rows)
+
+
+@main.command()
+@click.option("--scope", default="", help="Only this scope and the nodes served from it.")
+@click.option("--json", "as_json", is_flag=True, help="The whole status as one JSON object.")
+@click.option("--check", is_flag=True, help="Exit 9 if a connected node drifts.")
+def status(scope: str, as_json: bool, check: bool) -> None:
+    """Per scope and per node: desired vs applied version, last ACK/NACK, drift, last seen."""
+    r = _client().call("GetStatus", admin_pb2.GetStatusRequest(scope=scope))
+    if as_json:
+        from google.protobuf.json_format import MessageToDict
+
+        click.echo(json.dumps(MessageToDict(r, preserving_proto_field_name=True,
+                                            always_print_fields_with_no_presence=True)))
+    else:
+        for s in r.scopes:
+            click.echo(f"scope {s.scope} revision {s.revision} version {s.version!r} epoch "
+                       f"{s.epoch}: {s.nodes} nodes, {s.drifting} drifting")
+        rows = [("NODE", "SCOPE", "STREAM", "DESIRED", "APPLIED", "LAST ACK/NACK", "DRIFT",
+                 "LAST SEEN")]
+        now = time.time() * 1000
+        for n in r.nodes:
+            if n.nack_code:
+                last = f"NACK {n.nack_version}: {n.nack_code}: {n.nack_message}"
+            elif n.acked_version:
+                last = f"ACK {n.acked_version}@{n.acked_epoch}"
+            else:
+                last = "-"
+            seen = f"{max(0.0, now - n.last_seen_unix_ms) / 1000:.0f}s ago" \
+                if n.last_seen_unix_ms else "-"
+            rows.append((
+                n.id, n.scope or "-", "up" if n.connected else "down",
+                f"{n.desired_version}@{n.desired_epoch}" if n.desired_version else "-",
+                f"{n.applied_version}@{n.applied_epoch}" if n.applied_version else "-",
+                last, "yes" if n.drift else "no", seen,
+            ))
+        _table(rows)
+        click.echo(f"{r.connected} connected nodes, {r.drifting} drifting")
+    if check and r.drifting:
+        sys.exit(EXIT_DRIFT)
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, row[-1]]).rstrip())
@@ -280,6 +367,8 @@ def endpoints_set(cluster: str, file: str) -> None:
                        admin_pb2.SetEndpointsRequest(cluster=cluster, endpoints=_read(file)))
     click.echo(f"cluster {cluster}: generation {r.generation}")
 
+
+main.add_command(ca_commands)  # `omnirctl ca ...` (meshkit/cli/ca.py)
 
 if __name__ == "__main__":
     main()

@@ -5,8 +5,9 @@
     Publisher <-- MeshAdmin (northbound)        NodeRegistry <-- NodeStatus reports
 
 Writes reach the cache only through the store's watch, whoever made them, so a publish by
-this process, by another process on the same SQLite file or (later) by another replica on etcd
-is pushed the same way.
+this process, by another process on the same SQLite file or by another replica on etcd is
+pushed the same way. With an `election` (replicas on etcd, meshkit/leader.py) only the leader
+publishes; every replica serves watches.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -22,13 +24,20 @@ from omnirelay.config.signing import Signer
 
 from ..api.admin import MeshAdminService
 from ..api.auth import TokenAuthority
+from ..api.ops import AdminOps
+from ..ca import CertificateAuthority
+from ..ca.server_tls import ServerIdentity
 from ..cache import SnapshotCache, SnapshotError
 from ..publish import Publisher
-from ..store import Store
+from ..store import Store, StoreError
+from . import ca_service
 from .discovery import EndpointDiscoveryService, EndpointFeed
-from .nodes import NodeRegistry
+from .nodes import NodeRegistry, RepushPolicy
 from .status import NodeStatusService
 from .watch import DEFAULT_RETRY, ConfigWatchService, RetryPolicy
+
+if TYPE_CHECKING:  # the etcd client is imported only by replicas that use it
+    from ..leader import Election
 
 log = logging.getLogger("meshkit.server")
 ACTOR = "meshkit"
@@ -44,6 +53,12 @@ class MeshKit:
         listen: str = "127.0.0.1:0",
         retry: RetryPolicy = DEFAULT_RETRY,
         report_interval_ms: int = 10_000,
+        http_listen: str | None = None,
+        repush: RepushPolicy | None = None,
+        ca: CertificateAuthority | None = None,
+        tls: ServerIdentity | None = None,
+        bootstrap_listen: str | None = None,
+        election: Election | None = None,
     ) -> None:
         self.store = store
         self.tokens = tokens
@@ -51,13 +66,24 @@ class MeshKit:
         self.retry = retry
         self.report_interval_ms = report_interval_ms
         self.cache = SnapshotCache(signer)
-        self.registry = NodeRegistry()
+        self.registry = NodeRegistry(repush=repush)
         self.feed = EndpointFeed()
-        self.publisher = Publisher(store, self.cache, self.registry.watching)
+        self.publisher = Publisher(store, self.cache, self.registry.watching,
+                                   nodes=self.registry.targets)
+        self.ops = AdminOps(store, self.cache, self.publisher, self.registry, self.feed, tokens)
+        self.http_listen, self.http_port, self._http = http_listen, None, None
         self.port: int | None = None
+        # The CA (meshkit/ca); with `tls`, `listen` is mTLS (callers present an SVID of this CA)
+        # and `bootstrap_listen` is server-only TLS (first certificates, the admin API).
+        self.ca, self.tls, self.bootstrap_listen = ca, tls, bootstrap_listen
+        self.bootstrap_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._feeder: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self.election = election
+        self._campaign: asyncio.Task[None] | None = None
+        if election is not None:
+            self.publisher.may_publish = election.refusal
 
     async def start(self) -> int:
         """Load every scope, start following the store and serving; returns the bound port."""
@@ -65,7 +91,10 @@ class MeshKit:
         for stored in states:
             self._apply(stored)
         self._feeder = asyncio.create_task(self._follow(revision), name="meshkit-store-watch")
+        if self.ca is not None:
+            await ca_service.load_ca(self.ca, needs_ca=self.tls is not None, actor=ACTOR)
         server = grpc.aio.server(
+            interceptors=ca_service.interceptors(self.ca, self.tls),
             options=[
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_permit_without_calls", 1),
@@ -88,16 +117,34 @@ class MeshKit:
             server,
         )
         admin_pb2_grpc.add_MeshAdminServicer_to_server(
-            MeshAdminService(self.store, self.cache, self.publisher, self.registry, self.feed,
-                             self.tokens),
+            MeshAdminService(self.ops),
             server,
         )
-        # TLS / mTLS arrive with node identity (the CA issue); until then bind to loopback.
-        self.port = server.add_insecure_port(self.listen)
+        if self.ca is not None:
+            ca_service.add_services(server, self.ca, self.tokens)
+        if self.tls is not None:
+            self.port = server.add_secure_port(
+                self.listen, self.tls.credentials(require_client_certificate=True))
+            if self.bootstrap_listen:  # node services there refuse callers without an SVID
+                self.bootstrap_port = server.add_secure_port(
+                    self.bootstrap_listen, self.tls.credentials(require_client_certificate=False))
+                if not self.bootstrap_port:
+                    raise OSError(f"cannot listen on {self.bootstrap_listen}")
+        else:  # development only: plaintext, bind to loopback
+            self.port = server.add_insecure_port(self.listen)
         if not self.port:
             raise OSError(f"cannot listen on {self.listen}")
         await server.start()
         self._server = server
+        if self.http_listen:  # the JSON/HTTP northbound API (meshkit/api/http.py)
+            from ..api.http import HttpApi
+
+            self._http = HttpApi(self.ops)
+            self.http_port = await self._http.start(self.http_listen)
+        if self.election is not None:
+            if not self.election.address:
+                self.election.address = f"{self.listen.rpartition(':')[0]}:{self.port}"
+            self._campaign = asyncio.create_task(self.election.run(), name="meshkit-election")
         log.info("serving on port %d; %d scopes at store revision %d, signing key %s",
                  self.port, len(states), revision, self.cache.signer.key_id)
         return self.port
@@ -121,6 +168,9 @@ class MeshKit:
                     after_revision = stored.revision
             except asyncio.CancelledError:
                 raise
+            except StoreError as exc:  # e.g. etcd unreachable for a while: no traceback
+                log.warning("store watch failed: %s; retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
             except Exception:
                 log.exception("store watch failed; retrying in 1 s")
                 await asyncio.sleep(1.0)
@@ -136,6 +186,13 @@ class MeshKit:
     async def stop(self, grace: float = 2.0) -> None:
         """Tell every stream to reconnect elsewhere (with retry hints), then stop."""
         self._stopping.set()
+        if self._http is not None:
+            await self._http.stop()
+        if self._campaign is not None:  # hand leadership over now, not after the lease's TTL
+            self._campaign.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._campaign
+            await self.election.resign()
         if self._server is not None:
             await self._server.stop(grace)
         if self._feeder is not None:

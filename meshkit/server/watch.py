@@ -21,7 +21,7 @@ from omnirelay.config.protos import mesh_pb2, mesh_pb2_grpc
 from ..cache import Snapshot, SnapshotCache
 from ..scopes import valid_name
 from ..store import Store
-from .nodes import NodeRegistry, NodeState
+from .nodes import NodeRegistry, NodeState, drifts
 
 log = logging.getLogger("meshkit.watch")
 
@@ -155,17 +155,43 @@ class ConfigWatchService(mesh_pb2_grpc.ConfigWatchServicer):
         log.info("node %s connected from %s (tenant %r, locality %r, running %r)", node.id,
                  context.peer(), node.tenant, state.locality, first.hello.current_version)
 
+        # One wake-up future per wait, poked by whichever comes first: the cache's next change
+        # (one future shared by every stream), the reader ending, a kick, shutdown, a re-send.
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[None] = loop.create_future()
+
+        def poke(_: object = None) -> None:
+            if not wake.done():
+                wake.set_result(None)
+
         reader = asyncio.ensure_future(self._read(request_iterator, state, session))
+        resend = state.resend
+        assert resend is not None  # set by connect() for the current session
         waits = {
             "stopping": asyncio.ensure_future(self.stopping.wait()),
             "kick": asyncio.ensure_future(kick.wait()),
+            "resend": asyncio.ensure_future(resend.wait()),
         }
+        for future in (reader, *waits.values()):
+            future.add_done_callback(poke)
         sent: Snapshot | None = None
         try:
             while True:
-                changed = self.cache.changed()
+                change = self.cache.next_change()
+                change.add_done_callback(poke)
                 snapshot = self.cache.resolve(node.id, node.tenant, node.locality.region)
-                if snapshot is not None and snapshot is not sent:
+                repush = waits["resend"].done()
+                if repush:  # drift repair (nodes.py): re-send if the node still drifts
+                    resend.clear()
+                    waits["resend"] = asyncio.ensure_future(resend.wait())
+                    waits["resend"].add_done_callback(poke)
+                    repush = snapshot is not None and snapshot is sent and drifts(state, snapshot)
+                    if repush:
+                        state.repushes += 1
+                        log.info("node %s drifts from %s revision %d; re-sending it (attempt %d)",
+                                 node.id, snapshot.scope, snapshot.revision,
+                                 state.repush_attempts)
+                if snapshot is not None and (snapshot is not sent or repush):
                     nonce = secrets.token_hex(8)
                     self.registry.sent(state, snapshot, nonce)
                     await context.write(
@@ -174,12 +200,10 @@ class ConfigWatchService(mesh_pb2_grpc.ConfigWatchServicer):
                     sent = snapshot
                     log.debug("sent %s revision %d (%s) to %s, nonce %s", snapshot.scope,
                               snapshot.revision, snapshot.version, node.id, nonce)
-                change = asyncio.ensure_future(changed.wait())
-                done, _ = await asyncio.wait(
-                    {change, reader, *waits.values()}, return_when=asyncio.FIRST_COMPLETED
-                )
-                change.cancel()
-                if reader in done:
+                await wake
+                change.remove_done_callback(poke)
+                wake = loop.create_future()
+                if reader.done():
                     exc = reader.exception()
                     if isinstance(exc, ProtocolError):
                         await end_stream(context, mesh_pb2.WatchResponse, "invalid_request",
@@ -187,12 +211,12 @@ class ConfigWatchService(mesh_pb2_grpc.ConfigWatchServicer):
                     elif exc is not None:
                         raise exc
                     return  # the node closed its side
-                if waits["kick"] in done:
+                if waits["kick"].done():
                     await end_stream(context, mesh_pb2.WatchResponse, "superseded",
                                      f"a newer watch stream of node {node.id!r} replaced this one",
                                      grpc.StatusCode.ABORTED, None)
                     return
-                if waits["stopping"] in done:
+                if waits["stopping"].done():
                     await end_stream(context, mesh_pb2.WatchResponse, "shutting_down",
                                      "MeshKit is shutting down", grpc.StatusCode.UNAVAILABLE,
                                      self.retry)
@@ -227,6 +251,9 @@ class ConfigWatchService(mesh_pb2_grpc.ConfigWatchServicer):
                     continue
                 log.warning("node %s NACKed version %r: %s: %s", state.id, nack.version,
                             nack.error.code, nack.error.message)
+                delay = self.registry.schedule_repush(state)
+                if delay is not None:
+                    log.info("re-sending to node %s in %.2f s", state.id, delay)
                 revision = state.sent.revision if state.sent is not None else 0
                 try:
                     await self.store.append_audit(

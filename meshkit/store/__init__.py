@@ -1,6 +1,10 @@
-"""Desired-state stores: the `Store` interface and its embedded SQLite default."""
+"""Desired-state stores: the `Store` interface and its embedded SQLite default (the etcd
+backend, meshkit.store.etcd, is imported only when used)."""
 
-from .base import AuditEntry, RevisionConflict, Store, StoredConfig, StoreError
+from .base import AuditEntry, NotLeader, RevisionConflict, Store, StoredConfig, StoreError
 from .sqlite import SqliteStore
 
-__all__ = ["AuditEntry", "RevisionConflict", "SqliteStore", "Store", "StoreError", "StoredConfig"]
+__all__ = [
+    "AuditEntry", "NotLeader", "RevisionConflict", "SqliteStore", "Store", "StoreError",
+    "StoredConfig",
+]

@@ -36,6 +36,10 @@ class RevisionConflict(StoreError):
         return (type(self), (self.scope, self.expected, self.actual))
 
 
+class NotLeader(StoreError):
+    """A write refused because this replica is not (or no longer) the elected publisher."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredConfig:
     """One scope's document as written at `revision`."""
@@ -120,3 +124,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the store; further calls fail."""
+
+    # -- CA records (meshkit/ca): small JSON values by (kind, name), shared by replicas. ------
+    # Kinds: "authority" (the CA state), "node" (registrations), "issued", "revoked". A backend
+    # without them cannot run the CA; these defaults say so.
+
+    async def ca_get(self, kind: str, name: str) -> bytes | None:
+        """The record's value, or None."""
+        raise StoreError(f"{type(self).__name__} does not keep CA records")
+
+    async def ca_put(self, kind: str, name: str, value: bytes, *, actor: str,
+                     detail: str = "") -> None:
+        """Create or replace the record, atomically with an audit entry (action `ca-<kind>`,
+        scope `ca/<kind>/<name>`)."""
+        raise StoreError(f"{type(self).__name__} does not keep CA records")
+
+    async def ca_list(self, kind: str) -> list[tuple[str, bytes]]:
+        """Every record of `kind` as (name, value), by name."""
+        raise StoreError(f"{type(self).__name__} does not keep CA records")

@@ -5,6 +5,7 @@ Tables:
   revision being the store-wide counter; append-only (triggers refuse UPDATE and DELETE).
 - `desired`: each scope's current revision (a pointer into `history`).
 - `audit`: the append-only audit log (same triggers).
+- `ca_records`: the certificate authority's records by (kind, name) (meshkit/ca).
 
 A compare-and-swap runs in one `BEGIN IMMEDIATE` transaction: read the scope's revision,
 compare, append to `history`, move the pointer, append the audit row, commit. Several
@@ -58,6 +59,13 @@ CREATE TABLE IF NOT EXISTS audit (
     detail    TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit (timestamp);
+CREATE TABLE IF NOT EXISTS ca_records (
+    kind       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    value      BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (kind, name)
+);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -322,6 +330,40 @@ class SqliteStore(Store):
         def op(conn: sqlite3.Connection) -> list[AuditEntry]:
             rows = conn.execute(sql, params).fetchall()
             return [AuditEntry(*row) for row in reversed(rows)]
+
+        return await self._run(op)
+
+    async def ca_get(self, kind: str, name: str) -> bytes | None:
+        def op(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT value FROM ca_records WHERE kind = ? AND name = ?",
+                               (kind, name)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(op)
+
+    async def ca_put(self, kind: str, name: str, value: bytes, *, actor: str,
+                     detail: str = "") -> None:
+        value = bytes(value)
+
+        def op(conn: sqlite3.Connection) -> None:
+            def body() -> None:
+                conn.execute(
+                    "INSERT INTO ca_records (kind, name, value, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (kind, name) DO UPDATE SET value = excluded.value,"
+                    " updated_at = excluded.updated_at",
+                    (kind, name, value, self._clock()),
+                )
+                self._audit_row(conn, actor, f"ca-{kind}", f"ca/{kind}/{name}", 0, detail)
+
+            self._transaction(conn, body)
+
+        await self._run(op)
+
+    async def ca_list(self, kind: str) -> list[tuple[str, bytes]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
+            rows = conn.execute("SELECT name, value FROM ca_records WHERE kind = ? ORDER BY name",
+                                (kind,)).fetchall()
+            return [(name, bytes(value)) for name, value in rows]
 
         return await self._run(op)
 

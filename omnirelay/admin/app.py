@@ -1,7 +1,7 @@
 """The admin endpoints, over whatever process serves them (`AdminSource`).
 
-GET  /healthz /ready /metrics /stats /config_dump /clusters /capabilities
-POST /drain /log_level   (with `Authorization: Bearer <token>`)
+GET  /healthz /ready /metrics /stats /config_dump /clusters /capabilities /extensions
+POST /drain /log_level /tap   (with `Authorization: Bearer <token>`)
 
 The same app runs in the supervisor of `omnirelay run` (the source merges what the workers
 report) and in an embedded Relay (the source reads the Relay). docs/operations.md
@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from omnirelay.telemetry.aggregate import RATE_HISTORY
 from omnirelay.telemetry.metrics import EXPOSITION_CONTENT_TYPE, as_json, exposition
+from omnirelay.telemetry.tap import RelayedTaps, TapBusy, TapError, TapFilter, TapHub
 
 from .capabilities import capabilities
 from .http import Request, Response
@@ -49,6 +50,9 @@ class AdminSource(Protocol):
     def cluster_details(self) -> dict[str, dict[str, Any]]:
         """{worker id: {cluster: samples.cluster_detail(...)}}."""
 
+    def extensions(self) -> dict[str, Any]:
+        """Extension bindings and packages of every process (extensions.status)."""
+
     def drain(self) -> str:
         """Start a graceful drain and stop; returns what happens, for the reply."""
 
@@ -59,8 +63,12 @@ Handler = Callable[[Request], Response]
 
 
 class AdminApp:
-    def __init__(self, source: AdminSource):
+    """`taps`: the TapHub of an embedded Relay, or the RelayedTaps of the supervisor of
+    `omnirelay run` (its workers serve the requests); None answers POST /tap with 501."""
+
+    def __init__(self, source: AdminSource, taps: TapHub | RelayedTaps | None = None):
         self.source = source
+        self.taps = taps
         self.routes: dict[str, tuple[str, Handler]] = {
             "/": ("GET", self.index),
             "/healthz": ("GET", self.healthz),
@@ -70,8 +78,10 @@ class AdminApp:
             "/config_dump": ("GET", self.config_dump),
             "/clusters": ("GET", self.clusters),
             "/capabilities": ("GET", self.capabilities),
+            "/extensions": ("GET", self.extensions),
             "/drain": ("POST", self._mutation(self.drain)),
             "/log_level": ("POST", self._mutation(self.log_level)),
+            "/tap": ("POST", self._mutation(self.tap)),
         }
 
     def handle(self, request: Request) -> Response:
@@ -121,6 +131,9 @@ class AdminApp:
     def capabilities(self, request: Request) -> Response:
         return Response.json(200, capabilities())
 
+    def extensions(self, request: Request) -> Response:
+        return Response.json(200, self.source.extensions())
+
     # ---- mutations ----
     def _mutation(self, handler: Handler) -> Handler:
         def guarded(request: Request) -> Response:
@@ -164,6 +177,26 @@ class AdminApp:
         self.source.set_log_level(level, logger)
         log.warning("admin: log level of %s set to %s", logger or "the root logger", level)
         return Response.json(200, {"level": level, "logger": logger or "root"})
+
+    def tap(self, request: Request) -> Response:
+        """Stream the heads of matching requests as JSON lines: ?path=/prefix,
+        ?header=name[:value], ?listener=name, ?max=N (default 100), ?seconds=T (default
+        30); credentials headers redacted."""
+        if self.taps is None:
+            return Response.error(501, "taps are not available here")
+        q = request.query
+        try:
+            count = int(q.get("max", "100"))
+            seconds = float(q.get("seconds", "30"))
+        except ValueError:
+            return Response.error(400, "max must be an integer and seconds a number")
+        try:
+            flt = TapFilter.parse(q.get("listener"), q.get("path"), q.get("header"))
+            tap = self.taps.start(flt, count, seconds)
+        except TapError as e:
+            return Response.error(429 if isinstance(e, TapBusy) else 400, str(e))
+        log.warning("admin: tap started (%s, max %d, %gs)", flt, count, seconds)
+        return Response(200, content_type="application/x-ndjson", stream=tap.stream())
 
 
 _SUMMED = ("active", "open_connections", "idle", "connects", "connect_failures", "reuses",

@@ -1,13 +1,20 @@
-"""/capabilities: what this build of OmniRelay can run and speak."""
+"""/capabilities: what this build of OmniRelay can run and speak.
+
+The same set goes to the control plane in the node hello (omnirelay.control.node), and the
+extension part of it (omnirelay.extensions.support) is what signed packages are checked
+against before they load.
+"""
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import importlib.util
 import platform
 from typing import Any
 
 from omnirelay._version import __version__
+from omnirelay.config.signing import ALGORITHM
+from omnirelay.extensions.packages import FORMAT
+from omnirelay.extensions.support import support
 
 PROTOCOLS = ("http1", "h2", "h2c", "grpc", "tcp", "tls_passthrough")
 
@@ -19,16 +26,13 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def _constant(module: str, name: str) -> Any:
-    """A constant of an optional module (None when the module is absent)."""
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
+def _version(abi: str | None) -> str | None:
+    """`proxy_wasm/0.2.1` -> `0.2.1`."""
+    return abi.partition("/")[2] if abi else None
 
 
 def capabilities() -> dict[str, Any]:
-    wasm_abi = _constant("omnirelay.extensions.wasm.abi", "ABI_VERSION")
+    ext = support()
     wasmtime = _package_version("wasmtime") if importlib.util.find_spec("wasmtime") else None
     return {
         "omnirelay": __version__,
@@ -37,11 +41,18 @@ def capabilities() -> dict[str, Any]:
         "protocols": list(PROTOCOLS),
         "runtimes": {
             "python_filters": {"available": True},
-            "wasm": {"available": bool(wasm_abi and wasmtime), "engine": "wasmtime",
-                     "engine_version": wasmtime},
-            "native": {"available": False},
-            "dsl": {"available": False},
+            "wasm": {"available": ext.offers("wasm"), "engine": "wasmtime",
+                     "engine_version": wasmtime, "abi": ext.abis["wasm"]},
+            "native": {"available": ext.offers("native"), "abi": ext.abis["native"]},
+            "dsl": {"available": ext.offers("dsl"), "abi": ext.abis["dsl"]},
         },
-        "abi": {"proxy_wasm": wasm_abi, "native_plugin": None},
-        "admin": {"mutations": ["drain", "log_level"]},
+        "abi": {"proxy_wasm": _version(ext.abis["wasm"]),
+                "native_plugin": _version(ext.abis["native"]),
+                "dsl": _version(ext.abis["dsl"])},
+        # What extension packages may require (manifest `abi` and `capabilities`).
+        "extension_abis": sorted(a for a in ext.abis.values() if a),
+        "features": list(ext.features),
+        "packages": {"format": FORMAT, "signature": ALGORITHM,
+                     "kinds": [k for k in ext.abis if ext.offers(k)]},
+        "admin": {"mutations": ["drain", "log_level", "tap"]},
     }

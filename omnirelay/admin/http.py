@@ -8,9 +8,10 @@ the supervisor, which runs no event loop).
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 MAX_HEAD = 16 * 1024
@@ -35,12 +36,28 @@ class Request:
     keep_alive: bool
 
 
+class PushedBody(Protocol):
+    """A streamed body whose chunks someone else's loop produces (the supervisor's taps):
+    the poll-loop server attaches its connection, and calls `expire` once `deadline` is
+    past and `cancel` when the client left."""
+
+    deadline: float
+
+    def attach(self, send: Callable[[bytes], bool], end: Callable[[bytes], None]) -> None: ...
+    def expire(self, now: float) -> None: ...
+    def cancel(self) -> None: ...
+
+
 @dataclass
 class Response:
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # A streamed body (POST /tap): chunks sent with chunked framing as they come, then the
+    # connection closes. An async iterator for the asyncio server, a PushedBody for the
+    # poll-loop one.
+    stream: AsyncIterator[bytes] | PushedBody | None = None
 
     @classmethod
     def json(cls, status: int, obj: Any, headers: list[tuple[str, str]] | None = None
@@ -58,8 +75,10 @@ class Response:
             else ""
         lines = [f"HTTP/1.1 {self.status} {reason}",
                  f"content-type: {self.content_type}",
-                 f"content-length: {len(self.body)}",
+                 "transfer-encoding: chunked" if self.stream is not None
+                 else f"content-length: {len(self.body)}",
                  "cache-control: no-store"]
+        keep_alive = keep_alive and self.stream is None
         lines += [f"{k}: {v}" for k, v in self.headers]
         if not keep_alive:
             lines.append("connection: close")

@@ -10,20 +10,22 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import os
 import selectors
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from .app import AdminApp
-from .http import HttpError, RequestReader, Response
+from .http import HttpError, PushedBody, RequestReader, Response
 
 log = logging.getLogger("omnirelay.admin")
 
 IDLE_TIMEOUT = 30.0
 MAX_CONNECTIONS = 64
 MAX_PENDING_OUTPUT = 8 * 1024 * 1024  # stop reading a client that does not read replies
+MAX_STREAM_BACKLOG = 1024 * 1024  # unsent streamed output past which a tap skips records
 
 
 class AdminBindError(OSError):
@@ -45,22 +47,25 @@ def bind_admin_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _answer(app: AdminApp, reader: RequestReader) -> tuple[list[bytes], bool]:
-    """Encoded responses for the whole requests in `reader`, and whether to keep the
-    connection open afterwards."""
+def _answer(app: AdminApp, reader: RequestReader
+            ) -> tuple[list[bytes], bool, AsyncIterator[bytes] | PushedBody | None]:
+    """Encoded responses for the whole requests in `reader`, whether to keep the
+    connection open afterwards, and the body stream of a streamed last response."""
     out: list[bytes] = []
     while True:
         try:
             request = reader.next()
         except HttpError as e:
             out.append(Response.error(e.status, str(e)).encode(keep_alive=False))
-            return out, False
+            return out, False, None
         if request is None:
-            return out, True
+            return out, True, None
         response = app.handle(request)
         out.append(response.encode(request.keep_alive, head_only=request.method == "HEAD"))
+        if response.stream is not None:
+            return out, False, response.stream
         if not request.keep_alive:
-            return out, False
+            return out, False, None
 
 
 # --------------------------------------------------------------------------- asyncio
@@ -99,6 +104,7 @@ class _AdminProtocol(asyncio.Protocol):
         self.reader = RequestReader()
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.streaming: asyncio.Task | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -114,25 +120,52 @@ class _AdminProtocol(asyncio.Protocol):
         self.timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self.transport.close)
 
     def data_received(self, data: bytes) -> None:
+        if self.streaming is not None:
+            return  # a streamed response owns the connection until it ends
         self._arm()
         self.reader.feed(data)
-        out, keep = _answer(self.owner.app, self.reader)
+        out, keep, stream = _answer(self.owner.app, self.reader)
         for chunk in out:
             self.transport.write(chunk)
-        if not keep:
+        if stream is not None:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.streaming = asyncio.get_running_loop().create_task(self._pump(stream))
+        elif not keep:
+            self.transport.close()
+
+    async def _pump(self, stream: AsyncIterator[bytes]) -> None:
+        # Chunked framing; the stream's own bounds (count, time) end it.
+        try:
+            async for chunk in stream:
+                if self.transport.is_closing():
+                    break
+                self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            if not self.transport.is_closing():
+                self.transport.write(b"0\r\n\r\n")
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()  # runs the stream's cleanup (a tap unregisters)
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        if self.streaming is not None:
+            self.streaming.cancel()  # the client left: end the tap
         self.owner._conns.discard(self)
 
 
 # --------------------------------------------------------------------------- poll loop
 
 
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 class _Conn:
-    __slots__ = ("closing", "deadline", "out", "reader", "sock")
+    __slots__ = ("closing", "deadline", "out", "reader", "sock", "stream")
 
     def __init__(self, sock: socket.socket, now: float):
         self.sock = sock
@@ -140,6 +173,10 @@ class _Conn:
         self.out = bytearray()
         self.closing = False
         self.deadline = now + IDLE_TIMEOUT
+        self.stream: PushedBody | None = None  # a streamed response in progress
+
+    def due(self) -> float:
+        return self.stream.deadline if self.stream is not None else self.deadline
 
 
 class PolledAdminServer:
@@ -147,7 +184,9 @@ class PolledAdminServer:
 
     The owner calls `attach(sel)` once; the selector's key data for our sockets is a
     callable taking the ready events. `timeout()` says how soon `run_timers()` is due;
-    `fds()` lists the descriptors a forked child must close."""
+    `fds()` lists the descriptors a forked child must close. A streamed response (a tap)
+    is a PushedBody: the owner's loop pushes its chunks; it ends at its own deadline, and
+    is cancelled when its client leaves."""
 
     def __init__(self, app: AdminApp, host: str, port: int):
         self.app = app
@@ -166,11 +205,14 @@ class PolledAdminServer:
     def timeout(self, now: float) -> float | None:
         if not self._conns:
             return None
-        return max(0.0, min(c.deadline for c in self._conns.values()) - now)
+        return max(0.0, min(c.due() for c in self._conns.values()) - now)
 
     def run_timers(self, now: float) -> None:
         for fd, c in list(self._conns.items()):
-            if c.deadline <= now:
+            if c.stream is not None:
+                if c.stream.deadline <= now:
+                    c.stream.expire(now)  # ends it: the last chunk, then the close
+            elif c.deadline <= now:
                 self._close(fd)
 
     def forget(self) -> None:
@@ -232,13 +274,38 @@ class PolledAdminServer:
             if data == b"":
                 self._close(fd)
                 return
-            if data:
+            if data and c.stream is None:  # a streamed response owns the connection
                 c.reader.feed(data)
-                out, keep = _answer(self.app, c.reader)
+                out, keep, stream = _answer(self.app, c.reader)
                 for chunk in out:
                     c.out += chunk
                 c.closing = not keep
+                if stream is not None:
+                    self._stream(fd, c, stream)
         self._flush(fd, c)
+
+    def _stream(self, fd: int, c: _Conn, body: PushedBody) -> None:
+        c.stream = body
+        c.closing = False  # until the body ends
+        c.deadline = math.inf
+
+        def send(data: bytes) -> bool:
+            if self._conns.get(fd) is not c or len(c.out) >= MAX_STREAM_BACKLOG:
+                return False
+            c.out += _chunk(data)
+            self._flush(fd, c)
+            return True
+
+        def end(data: bytes) -> None:
+            if self._conns.get(fd) is not c:
+                return
+            c.stream = None
+            c.out += _chunk(data) + b"0\r\n\r\n"
+            c.closing = True
+            c.deadline = time.monotonic() + IDLE_TIMEOUT
+            self._flush(fd, c)
+
+        body.attach(send, end)
 
     def _flush(self, fd: int, c: _Conn) -> None:
         while c.out:
@@ -262,6 +329,9 @@ class PolledAdminServer:
         c = self._conns.pop(fd, None)
         if c is None:
             return
+        if c.stream is not None:
+            c.stream.cancel()  # the client left (or the server stops): end the tap
+            c.stream = None
         try:
             self._sel.unregister(c.sock)
         except (KeyError, ValueError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omnirelay.config import Admin, Config, canonical_json
+from omnirelay.extensions.status import extension_status, merge_extensions
 from omnirelay.telemetry import Aggregate
 from omnirelay.telemetry.samples import Reporter
 
@@ -114,13 +115,21 @@ class SupervisorSource:
         active["source"] = str(self.sup.config_path) if self.sup.config_path else "built-in"
         active["workers"] = {"total": len(workers), "on_this_version": sum(
             w["config_version"] == self.sup.config.metadata.version for w in workers)}
-        # Staged and last-known-good slots arrive with the config host (issue 6).
-        return {"active": active, "staged": None, "last_known_good": None}
+        # Under a control plane: the config being activated and the LKG file (node.py).
+        slots = getattr(self.sup, "config_slots", None)
+        return {"active": active, "staged": None, "last_known_good": None,
+                **(slots() if slots is not None else {})}
 
     def cluster_details(self) -> dict[str, dict[str, Any]]:
         srcs = self.sup.telemetry.sources
         return {str(w["slot"]): srcs[w["pid"]].detail
                 for w in self.sup.workers_status() if w["pid"] in srcs}
+
+    def extensions(self) -> dict[str, Any]:
+        srcs = self.sup.telemetry.sources
+        return merge_extensions({str(w["slot"]): srcs[w["pid"]].extensions
+                                 for w in self.sup.workers_status() if w["pid"] in srcs},
+                                local=extension_status())
 
     def drain(self) -> str:
         self.sup.request_drain()
@@ -185,6 +194,9 @@ class RelaySource:
     def cluster_details(self) -> dict[str, dict[str, Any]]:
         self.refresh()
         return {"0": self.telemetry.sources[self.pid].detail}
+
+    def extensions(self) -> dict[str, Any]:
+        return merge_extensions({"0": extension_status()})
 
     def drain(self) -> str:
         asyncio.get_running_loop().create_task(self.relay.stop())

@@ -40,11 +40,26 @@ EXIT_INVALID_CONFIG = 2
 @click.option("--bootstrap-timeout", type=Duration(), default="30s", show_default=True,
               help="With --control-plane: how long to wait for a first config before "
                    "falling back to the LKG (or exiting).")
+@click.option("--identity", "identity", metavar="SPIFFE_ID",
+              help="With --control-plane: obtain this node's X.509-SVID from MeshKit's CA and "
+                   "renew it at half life (files in --identity-dir).")
+@click.option("--identity-dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Where the SVID is kept: key.pem, cert.pem, bundle.pem (tls sections in "
+                   "the config point at them).")
+@click.option("--bootstrap-token", envvar="OMNIRELAY_BOOTSTRAP_TOKEN", metavar="TOKEN",
+              help="Token for the first certificate (omnirctl ca register-node; "
+                   "$OMNIRELAY_BOOTSTRAP_TOKEN).")
+@click.option("--ca-bundle", metavar="FILE", type=click.Path(exists=True, dir_okay=False),
+              help="MeshKit's CA bundle: the control-plane channels use mTLS with the SVID.")
+@click.option("--bootstrap-endpoint", metavar="HOST:PORT",
+              help="MeshKit's server-only TLS port for a first certificate "
+                   "(meshkit serve --bootstrap-listen).")
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
               help="json: one JSON object per line (ts, level, logger, msg, pid).")
 def run(config_path, demo_mode, port, workers, drain_timeout, control_plane, node_id, trust_keys,
-        lkg_dir, region, zone, tenant, bootstrap_timeout, log_level, log_format):
+        lkg_dir, region, zone, tenant, bootstrap_timeout, identity, identity_dir, bootstrap_token,
+        ca_bundle, bootstrap_endpoint, log_level, log_format):
     """Run the proxy until SIGTERM or Ctrl-C (SIGHUP reloads the config file)."""
     if sum(map(bool, (config_path, demo_mode, control_plane))) != 1:
         raise click.UsageError("give one of --config FILE, --demo or --control-plane HOST:PORT")
@@ -52,9 +67,13 @@ def run(config_path, demo_mode, port, workers, drain_timeout, control_plane, nod
         if not node_id or not trust_keys:
             raise click.UsageError("--control-plane needs --node-id and --trust-key")
         setup_logging(log_level, log_format)
+        ident = _identity_options(control_plane, node_id, identity, identity_dir,
+                                  bootstrap_token, ca_bundle, bootstrap_endpoint)
         raise SystemExit(_run_control_plane(control_plane, node_id, trust_keys, lkg_dir, region,
                                             zone, tenant, bootstrap_timeout, workers,
-                                            drain_timeout))
+                                            drain_timeout, ident))
+    if identity or identity_dir or bootstrap_token or ca_bundle or bootstrap_endpoint:
+        raise click.UsageError("--identity and its options apply to --control-plane only")
     if node_id or trust_keys or lkg_dir or region or zone or tenant:
         raise click.UsageError("--node-id, --trust-key, --lkg-dir, --region, --zone and "
                                "--tenant apply to --control-plane only")
@@ -81,7 +100,8 @@ def serve_admin(supervisor: Supervisor) -> None:
     admin = supervisor.config.admin
     if admin is None:
         return
-    server = PolledAdminServer(AdminApp(SupervisorSource(supervisor)), admin.address, admin.port)
+    server = PolledAdminServer(AdminApp(SupervisorSource(supervisor), taps=supervisor.taps),
+                               admin.address, admin.port)
     supervisor.services.append(server)
     supervisor.report_stats = True
     click.echo(f"omnirelay: admin on {url(*server.address)}")
@@ -119,8 +139,31 @@ def url(host: str, port: int, scheme: str = "http") -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
+def _identity_options(endpoints, node_id, identity, identity_dir, token, ca_bundle,
+                      bootstrap_endpoint):
+    if not identity:
+        if identity_dir or token or ca_bundle or bootstrap_endpoint:
+            raise click.UsageError("--identity-dir, --bootstrap-token, --ca-bundle and "
+                                   "--bootstrap-endpoint need --identity")
+        return None
+    if not identity_dir:
+        raise click.UsageError("--identity needs --identity-dir")
+    from omnirelay.config.checks import spiffe_id
+    from omnirelay.control.identity import IdentityOptions
+
+    try:
+        spiffe_id(identity)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--identity") from None
+    return IdentityOptions(
+        node_id=node_id, spiffe_id=identity, directory=identity_dir,
+        endpoints=[e.strip() for e in endpoints.split(",") if e.strip()],
+        bootstrap_endpoints=[bootstrap_endpoint] if bootstrap_endpoint else [],
+        token=token, ca_bundle=ca_bundle)
+
+
 def _run_control_plane(endpoints, node_id, trust_keys, lkg_dir, region, zone, tenant,
-                       bootstrap_timeout, workers, drain_timeout) -> int:
+                       bootstrap_timeout, workers, drain_timeout, ident=None) -> int:
     from omnirelay._version import __version__
     from omnirelay.admin.capabilities import capabilities
     from omnirelay.control.node import ControlOptions, run_node
@@ -132,14 +175,38 @@ def _run_control_plane(endpoints, node_id, trust_keys, lkg_dir, region, zone, te
         bootstrap_timeout=bootstrap_timeout, capabilities=capabilities(),
         build_version=__version__)
 
+    identity = reloader = None
+    if ident is not None:  # the SVID first: the config's tls sections read its files
+        from omnirelay.control.identity import IdentityError, IdentityReload, NodeIdentity
+
+        reloader = IdentityReload(build_checked)
+        identity = NodeIdentity(ident, on_renewed=reloader.notify)
+        try:
+            identity.obtain(bootstrap_timeout)
+        except IdentityError as e:
+            click.echo(f"omnirelay: {e}", err=True)
+            return 1
+        identity.start()
+        if ident.ca_bundle is not None:
+            opts.channel = identity.channel
+
     def make_supervisor(config, started):
         def ready(addresses, n):
             announce(addresses, n, config)
             started()
-        return Supervisor(config, workers=workers, drain_timeout=drain_timeout, on_ready=ready)
+        supervisor = Supervisor(config, workers=workers, drain_timeout=drain_timeout,
+                                on_ready=ready)
+        if reloader is not None:
+            reloader.supervisor = supervisor
+            supervisor.services.append(reloader)
+        return supervisor
 
-    return run_node(opts, build_check=build_checked, make_supervisor=make_supervisor,
-                    supervise=_supervise)
+    try:
+        return run_node(opts, build_check=build_checked, make_supervisor=make_supervisor,
+                        supervise=_supervise)
+    finally:
+        if identity is not None:
+            identity.stop()
 
 
 def _run_demo(port: int, workers: int, drain_timeout: float) -> int:

@@ -5,6 +5,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import click
@@ -64,7 +65,7 @@ def admin_url(admin: str | None, config_path: str | None) -> str:
         return admin.rstrip("/") if "://" in admin else f"http://{admin}"
     if config_path:
         try:
-            config = load_config(config_path)
+            config = load_config(Path(config_path))  # a path, never YAML text
         except ConfigError as e:
             raise click.UsageError(f"{config_path}: invalid config:\n{e}") from None
         if config.admin is None:

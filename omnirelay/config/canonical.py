@@ -19,19 +19,49 @@ def canonical_json(obj: Any) -> bytes:
     two plausible encodings or none is refused: TypeError for non-string keys and other types,
     ValueError for NaN, infinities and lone surrogates.
     """
-    if isinstance(obj, Config):
-        obj = config_to_dict(obj)
-    text = json.dumps(
-        _checked(obj, "$"),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
+    try:
+        # A Config's fields are plain JSON by construction: only its free-form mappings
+        # (filter configs, labels) need the checks.
+        plain = (config_to_dict(obj, free_form=_plain_json) if isinstance(obj, Config)
+                 else _plain_json(obj))
+        text = _dumps(plain)
+    except (TypeError, ValueError):
+        # Again, slowly, for the error with its path.
+        text = _dumps(_checked(config_to_dict(obj) if isinstance(obj, Config) else obj, "$"))
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError(f"string is not valid Unicode (lone surrogate): {exc}") from None
+
+
+_SCALARS = (str, int, bool, type(None))
+
+
+def _dumps(plain: Any) -> str:
+    return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+def _plain_json(value: Any) -> Any:
+    """What `_checked` returns, without building paths (the common, valid case); raises
+    TypeError / ValueError at the first problem, which `_checked` then locates."""
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is dict or isinstance(value, Mapping):
+        plain = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError
+            plain[key] = _plain_json(item)
+        return plain
+    if t is list or t is tuple:
+        return [_plain_json(item) for item in value]
+    if t is float:
+        if not math.isfinite(value):
+            raise ValueError
+        return value
+    return _checked(value, "$")  # subclasses of str/int/float and the rest
 
 
 def _checked(value: Any, path: str) -> Any:

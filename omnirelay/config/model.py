@@ -120,6 +120,28 @@ class AccessLog:
     sample: float = 1.0  # share of requests logged, 0..1
     max_per_second: int = 0  # token bucket (burst = one second); 0 = unlimited
     fields: tuple[str, ...] | None = None  # subset of ACCESS_LOG_FIELDS; None = all
+    # Per-tenant token buckets (burst = one second) keyed by this request header's value;
+    # both set (rate > 0) or neither. Requests without the header share the "" tenant.
+    tenant_header: str | None = None
+    tenant_max_per_second: int = 0
+
+
+TRACING_PROTOCOLS = ("http/protobuf", "grpc")
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """A listener's distributed tracing: W3C traceparent propagation and OTLP span export
+    (docs/configuration.md)."""
+
+    collector: str  # OTLP endpoint URL: http(s)://host:port/v1/traces, or host:port for grpc
+    protocol: str = "http/protobuf"  # TRACING_PROTOCOLS
+    sampling: float = 1.0  # share of new traces recorded; a parent's sampled flag wins
+    service_name: str = "omnirelay"
+    max_queue: int = 2048  # spans held for export; more are dropped
+    max_batch: int = 512  # spans per export request
+    export_interval: float = 1.0  # seconds between exports
+    export_timeout: float = 10.0  # seconds an export may take
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,14 +322,27 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class SniCertificate:
+    """A certificate a TLS listener presents to clients asking for one of its server names."""
+
+    server_names: tuple[str, ...]  # exact names or '*.suffix'; matched case-insensitively
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True, slots=True)
 class TlsContext:
     """TLS termination on a listener, optionally verifying client certificates (mTLS)."""
 
-    cert_file: str  # PEM certificate chain
+    cert_file: str  # PEM certificate chain: the default (no SNI, or no `certificates` match)
     key_file: str  # PEM private key
     alpn: tuple[str, ...] = ("h2", "http/1.1")  # offered in preference order
     client_ca_file: str | None = None  # PEM bundle client certificates are verified against
     require_client_certificate: bool = False  # needs client_ca_file; False = optional
+    certificates: tuple[SniCertificate, ...] = ()  # per server name, chosen by SNI
+    min_version: str = "1.2"  # "1.2" | "1.3"
+    max_version: str = "1.3"
+    ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2; None = OpenSSL's secure default
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +386,7 @@ class Listener:
     via: str = "omnirelay"  # empty = do not add a Via header
     xff_trusted_hops: int = 0
     access_log: AccessLog | None = None  # http only
+    tracing: Tracing | None = None  # http only
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +425,17 @@ class Admin:
     token_file: str | None = None  # a file holding the token (read when the admin starts)
 
 
+@dataclass(frozen=True, slots=True)
+class Extensions:
+    """Signed extension packages (docs/extensions.md): whose signatures this node trusts and
+    how often package files are re-checked for a new version (hot reload)."""
+
+    # Trust bundle files (JSON, as `omnirelay ext keygen --bundle` writes) or PEM Ed25519
+    # public keys, read when a config that loads a package is built.
+    trusted_keys: tuple[str, ...] = ()
+    watch_interval: float = 1.0  # seconds between checks of package files; 0 disables
+
+
 _Named = TypeVar("_Named", Listener, Route, Cluster)
 
 
@@ -406,6 +453,7 @@ class Config:
     spec: Spec
     rollout: Rollout | None = None
     admin: Admin | None = None  # no admin listener unless given
+    extensions: Extensions | None = None  # no package trust unless given
 
     def cluster(self, name: str) -> Cluster:
         """The cluster called `name`; KeyError if there is none."""

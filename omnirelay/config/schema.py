@@ -11,16 +11,19 @@ surrounding object is marked bad, so a single pass reports everything.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import MISSING, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import checks
 from .errors import ConfigError, ConfigIssue, field_path, item_path
 from .frozen import FrozenDict
 from .model import (
     ACCESS_LOG_FIELDS,
+    TRACING_PROTOCOLS,
     AccessLog,
     Admin,
     CircuitBreakers,
@@ -29,6 +32,7 @@ from .model import (
     DirectResponse,
     Discovery,
     Endpoint,
+    Extensions,
     FilterSpec,
     HashKey,
     HeaderEdits,
@@ -47,10 +51,12 @@ from .model import (
     Rollout,
     Route,
     RouteMatch,
+    SniCertificate,
     SniRoute,
     Spec,
     TcpProxy,
     TlsContext,
+    Tracing,
     UpstreamTls,
     WeightedCluster,
 )
@@ -92,6 +98,7 @@ _LISTENER_PROTOCOLS = ("http", "tcp", "tls_passthrough")
 _L4_PROTOCOLS = ("tcp", "tls_passthrough")
 _CLUSTER_PROTOCOLS = ("http1", "http2")
 _ALPN_PROTOCOLS = ("h2", "http/1.1")
+_TLS_VERSION = checks.one_of(("1.2", "1.3"))
 # Listener fields that only mean something when the listener speaks HTTP. On an L4 listener
 # they may only hold their default (the normalized document spells every field out).
 _HTTP_ONLY = (
@@ -104,6 +111,7 @@ _HTTP_ONLY = (
     "via",
     "xff_trusted_hops",
     "access_log",
+    "tracing",
 )
 _ACCESS_LOG_FORMATS = ("json", "text")
 _HTTP_ONLY_HINTS = {
@@ -138,10 +146,16 @@ def decode_admin(value: object) -> Admin | None:
     return admin
 
 
+@functools.cache
 def _required(cls: type) -> tuple[str, ...]:
     return tuple(
         f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
     )
+
+
+@functools.cache
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
 
 
 def _default(cls: type, name: str) -> Any:
@@ -217,7 +231,7 @@ class _Decoder:
 
     def shape(self, value: object, path: str, cls: type) -> Mapping[str, Any] | None:
         """`mapping` with the fields of dataclass `cls`."""
-        return self.mapping(value, path, [f.name for f in fields(cls)], _required(cls))
+        return self.mapping(value, path, _field_names(cls), _required(cls))
 
     def sequence(self, value: object, path: str) -> list[Any] | tuple[Any, ...] | None:
         if isinstance(value, (list, tuple)):
@@ -335,7 +349,9 @@ class _Decoder:
                 "", f"expected a mapping at the document root, got {checks.type_name(document)}"
             )
             return _BAD
-        obj = self.mapping(document, "", ("metadata", "spec", "rollout", "admin"), ("spec",))
+        obj = self.mapping(
+            document, "", ("metadata", "spec", "rollout", "admin", "extensions"), ("spec",)
+        )
         metadata = self.nested(obj, "", "metadata", self.metadata)
         spec = self.nested(obj, "", "spec", self.spec)
         admin = self.nested(obj, "", "admin", self.admin)
@@ -348,8 +364,21 @@ class _Decoder:
                 "spec": spec,
                 "rollout": self.nested(obj, "", "rollout", self.rollout),
                 "admin": admin,
+                "extensions": self.nested(obj, "", "extensions", self.extensions),
             },
         )
+
+    def extensions(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, Extensions)
+        if obj is None:
+            return _BAD
+        files = self.list_of(self.checked(checks.nonempty_string))
+        return self.build(Extensions, {
+            "trusted_keys": self.nested(obj, path, "trusted_keys", files),
+            "watch_interval": self.field(obj, path, "watch_interval", checks.duration()),
+        })
 
     def admin(self, value: object, path: str) -> Any:
         if value is None:
@@ -459,6 +488,7 @@ class _Decoder:
             "via": self.field(obj, path, "via", checks.via_name),
             "xff_trusted_hops": self.field(obj, path, "xff_trusted_hops", checks.integer(0)),
             "access_log": self.nested(obj, path, "access_log", self.access_log),
+            "tracing": self.nested(obj, path, "tracing", self.tracing),
         }
         ok = self.listener_protocol(values, path)
         return self.build(Listener, values) if ok else _BAD
@@ -540,7 +570,18 @@ class _Decoder:
                 "fields",
                 lambda v, p: None if v is None else field_names(v, p),
             ),
+            "tenant_header": self.field(
+                obj, path, "tenant_header", checks.optional(checks.header_name)
+            ),
+            "tenant_max_per_second": self.field(
+                obj, path, "tenant_max_per_second", checks.integer(0)
+            ),
         }
+        tenant_rate = _effective(values, AccessLog, "tenant_max_per_second")
+        if tenant_rate is not _BAD and _given(obj, "tenant_header") != (tenant_rate > 0):
+            self.report(path, "'tenant_header' and a 'tenant_max_per_second' above 0 go "
+                              "together")
+            return _BAD
         fmt = _effective(values, AccessLog, "format")
         template = values["template"]
         if fmt == "json" and template not in (_ABSENT, _BAD, None):
@@ -555,6 +596,34 @@ class _Decoder:
         ):
             return _BAD
         return self.build(AccessLog, values)
+
+    def tracing(self, value: object, path: str) -> Any:
+        if value is None:
+            return None
+        obj = self.shape(value, path, Tracing)
+        if obj is None:
+            return _BAD
+        values = {
+            "collector": self.field(obj, path, "collector", _collector_url),
+            "protocol": self.field(obj, path, "protocol", checks.one_of(TRACING_PROTOCOLS)),
+            "sampling": self.field(obj, path, "sampling", checks.number(0.0, 1.0)),
+            "service_name": self.field(obj, path, "service_name", checks.nonempty_string),
+            "max_queue": self.field(obj, path, "max_queue", checks.integer(1, 1 << 20)),
+            "max_batch": self.field(obj, path, "max_batch", checks.integer(1, 1 << 16)),
+            "export_interval": self.field(
+                obj, path, "export_interval", checks.duration(positive=True)
+            ),
+            "export_timeout": self.field(
+                obj, path, "export_timeout", checks.duration(positive=True)
+            ),
+        }
+        queue = _effective(values, Tracing, "max_queue")
+        batch = _effective(values, Tracing, "max_batch")
+        if _BAD not in (queue, batch) and batch > queue:
+            self.report(field_path(path, "max_batch"),
+                        f"must not exceed max_queue ({queue}), got {batch}")
+            return _BAD
+        return self.build(Tracing, values)
 
     def tls_context(self, value: object, path: str) -> Any:
         # The files are read when the listener is built, not here: a document stays
@@ -578,7 +647,16 @@ class _Decoder:
             "require_client_certificate": self.field(
                 obj, path, "require_client_certificate", checks.boolean
             ),
+            "certificates": self.nested(obj, path, "certificates", self.sni_certificates),
+            "min_version": self.field(obj, path, "min_version", _TLS_VERSION),
+            "max_version": self.field(obj, path, "max_version", _TLS_VERSION),
+            "ciphers": self.field(obj, path, "ciphers", checks.optional(checks.nonempty_string)),
         }
+        lo, hi = values["min_version"], values["max_version"]
+        if lo not in (_ABSENT, _BAD) and hi not in (_ABSENT, _BAD) and lo > hi:
+            self.report(field_path(path, "max_version"),
+                        f"{hi!r} is below min_version {lo!r}")
+            return _BAD
         if values["require_client_certificate"] is True and not _given(obj, "client_ca_file"):
             self.report(
                 field_path(path, "require_client_certificate"),
@@ -591,6 +669,39 @@ class _Decoder:
         ):
             return _BAD
         return self.build(TlsContext, values)
+
+    def sni_certificates(self, value: object, path: str) -> Any:
+        built = self.list_of(self.sni_certificate)(value, path)
+        if built is _BAD:
+            return _BAD
+        # A name must pick one certificate; '*' would shadow the default cert_file.
+        ok = True
+        first: dict[str, int] = {}
+        for index, entry in enumerate(built):
+            for i, name in enumerate(entry.server_names):
+                where = item_path(field_path(item_path(path, index), "server_names"), i)
+                if name == "*":
+                    self.report(where, "'*' is what cert_file/key_file are for; list names here")
+                    ok = False
+                elif name in first and first[name] != index:
+                    self.report(where, f"server name {name!r} already has a certificate in "
+                                f"{item_path(path, first[name])}")
+                    ok = False
+                first.setdefault(name, index)
+        return built if ok else _BAD
+
+    def sni_certificate(self, value: object, path: str) -> Any:
+        obj = self.shape(value, path, SniCertificate)
+        if obj is None:
+            return _BAD
+        names = self.list_of(
+            self.checked(checks.server_name), nonempty="at least one server name is required"
+        )
+        return self.build(SniCertificate, {
+            "server_names": self.nested(obj, path, "server_names", names),
+            "cert_file": self.field(obj, path, "cert_file", checks.nonempty_string),
+            "key_file": self.field(obj, path, "key_file", checks.nonempty_string),
+        })
 
     def upstream_tls(self, value: object, path: str) -> Any:
         # Like listener TLS, the files are read when the cluster is built.
@@ -1110,7 +1221,7 @@ class _Decoder:
         # With discovery, endpoints may come later: the static list may be empty or left out.
         discovered = isinstance(value, Mapping) and value.get("discovery") is not None
         required = [name for name in _required(Cluster) if not discovered or name != "endpoints"]
-        obj = self.mapping(value, path, [f.name for f in fields(Cluster)], required)
+        obj = self.mapping(value, path, _field_names(Cluster), required)
         if obj is None:
             return _BAD
         endpoints = self.list_of(
@@ -1307,6 +1418,19 @@ class _Decoder:
                 ),
             },
         )
+
+
+def _collector_url(value: object) -> str:
+    """An OTLP collector: an http(s) URL with a host (the grpc exporter also takes these)."""
+    text = checks.nonempty_string(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {text!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"invalid port in {text!r}") from None
+    return text
 
 
 def _outline(key: str, item: object) -> Outline:

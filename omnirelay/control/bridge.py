@@ -126,6 +126,11 @@ class SupervisorBridge:
             if problem is not None:
                 item.finish(problem)
 
+    def staged(self) -> Config | None:
+        """The config waiting to be activated, if any (the oldest)."""
+        with self._lock:
+            return self._pending[0].config if self._pending else None
+
     def forget(self) -> None:
         os.close(self._r)
         os.close(self._w)

@@ -7,6 +7,13 @@ persist the LKG -> ACK. Any failure is a NACK with an ErrorDetail code and the a
 keeps serving. The stream fails over across the listed endpoints (plus those a server's
 RetryHint names) and reconnects with exponential backoff and full jitter, never sooner than a
 server's retry_after.
+
+Status and reconciliation: a second thread sends NodeStatus reports (what runs, its source,
+the discovery generation, health) every report interval (MeshKit's StatusReply says how often)
+and right after every apply. The client is in sync when it handled a stream message or a
+report's reply showed no config drift; when it has not been in sync for `stale_after` seconds
+(the stream is silently dead, MeshKit is hung, or it keeps telling of drift) it reconciles:
+the watch stream is reopened at once, and its Hello brings the desired snapshot again.
 """
 from __future__ import annotations
 
@@ -35,6 +42,10 @@ log = logging.getLogger("omnirelay.control")
 STALE_EPOCH = "stale_epoch"
 INVALID_CONFIG = "invalid_config"
 APPLY_FAILED = "apply_failed"
+
+REPORT_INTERVAL = 10.0  # seconds between status reports until MeshKit's reply says otherwise
+STALE_AFTER = 60.0  # reconcile when not in sync with the control plane for this long
+REPORT_TIMEOUT = 5.0
 
 # (config) -> None when active on every worker, else why not. Blocks; called on the client thread.
 Activate = Callable[[Config], "str | None"]
@@ -68,10 +79,14 @@ class Backoff:
 class ControlClient:
     def __init__(self, endpoints: list[str], node: mesh_pb2.Node, keyring: Keyring, *,
                  activate: Activate, build_check: BuildCheck, lkg_dir: str | None = None,
-                 current: Lkg | None = None, backoff: Backoff | None = None) -> None:
+                 current: Lkg | None = None, backoff: Backoff | None = None,
+                 report_interval: float | None = None, stale_after: float = STALE_AFTER,
+                 discovery_generation: Callable[[], int] = lambda: 0,
+                 channel: Callable[[str], grpc.Channel] = grpc.insecure_channel) -> None:
         if not endpoints:
             raise ValueError("at least one control-plane endpoint is required")
         self.endpoints = list(endpoints)
+        self.channel_factory = channel  # mTLS with the node's SVID (identity.py), or plaintext
         self.node = node
         self.keyring = keyring
         self.activate = activate
@@ -85,30 +100,67 @@ class ControlClient:
         self.unreachable = threading.Event()  # every endpoint failed once in a row
         self.last_nack: mesh_pb2.Nack | None = None
         self.acks = 0
+        # Status reports and reconciliation (see the module docstring).
+        self.report_interval = report_interval  # None: as MeshKit's StatusReply says
+        self.stale_after = stale_after
+        self.discovery_generation = discovery_generation
+        self.source = mesh_pb2.CONFIG_SOURCE_LKG if current else \
+            mesh_pb2.CONFIG_SOURCE_UNSPECIFIED
+        self.last_error = ""  # the last NACK's reason, until the next ACK
+        self.last_in_sync = time.monotonic()
+        self.reports = 0  # replies received
+        self.reconciles = 0
+        self._endpoint = self.endpoints[0]  # the one the stream uses (reports go there too)
+        self._report_now = threading.Event()
+        self._report_channel: grpc.Channel | None = None
+        self._wake = threading.Event()  # cuts a reconnect delay short: stop() or reconcile()
         self._stop = threading.Event()
         self._call: grpc.Future | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="omnirelay-control", daemon=True)
+        self._reporter = threading.Thread(target=self._report_loop,
+                                          name="omnirelay-control-status", daemon=True)
 
     # ---- lifecycle ----
     def start(self) -> ControlClient:
         self._thread.start()
+        self._reporter.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
+        self._report_now.set()
+        with self._lock:
+            call, reporting = self._call, self._report_channel
+        if call is not None:
+            call.cancel()
+        if reporting is not None:
+            reporting.close()
+        for thread in (self._thread, self._reporter):
+            if thread.is_alive():
+                thread.join(timeout)
+
+    def reconcile(self, reason: str) -> None:
+        """Reopen the watch stream now (its Hello brings the desired snapshot again)."""
+        log.warning("control plane: reconciling: %s; reopening the watch stream", reason)
+        self.reconciles += 1
+        self.last_in_sync = time.monotonic()  # at most one reconcile per stale period
+        self._wake.set()
         with self._lock:
             call = self._call
         if call is not None:
             call.cancel()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+
+    def _open_channel(self, endpoint: str) -> grpc.Channel:
+        return self.channel_factory(endpoint)
 
     # ---- the stream ----
     def _run(self) -> None:
         index = 0
         while not self._stop.is_set():
             endpoint = self.endpoints[index % len(self.endpoints)]
+            self._endpoint = endpoint
             hint: mesh_pb2.RetryHint | None = None
             responded = False
             try:
@@ -129,10 +181,14 @@ class ControlClient:
                     if extra and extra not in self.endpoints:
                         self.endpoints.append(extra)
             index += 1  # fail over: the next endpoint in the list
+            if self._wake.is_set():  # reconcile: reconnect at once
+                self._wake.clear()
+                continue
             delay = self.backoff.next(hint)
             log.info("control plane: reconnecting to %s in %.2fs",
                      self.endpoints[index % len(self.endpoints)], delay)
-            self._stop.wait(delay)
+            self._wake.wait(delay)
+            self._wake.clear()
 
     def _hello(self) -> mesh_pb2.WatchRequest:
         return mesh_pb2.WatchRequest(hello=mesh_pb2.Hello(
@@ -144,7 +200,7 @@ class ControlClient:
         requests.put(self._hello())
         responded = False
         hint: mesh_pb2.RetryHint | None = None
-        channel = grpc.insecure_channel(endpoint)
+        channel = self._open_channel(endpoint)
         try:
             call = mesh_pb2_grpc.ConfigWatchStub(channel).Watch(_drain(requests))
             with self._lock:
@@ -156,6 +212,7 @@ class ControlClient:
             try:
                 for response in call:
                     responded = True
+                    self.last_in_sync = time.monotonic()
                     kind = response.WhichOneof("kind")
                     if kind == "snapshot":
                         requests.put(self.handle(response.snapshot))
@@ -191,6 +248,7 @@ class ControlClient:
                               f"active config's epoch {self.epoch} (version {self.version!r})")
         if snap.sha256 == self.sha256:  # already active (a reconnect, or re-signed)
             self._persist(snap)
+            self.source = mesh_pb2.CONFIG_SOURCE_CONTROL_PLANE
             return self._ack(snap)
         try:
             config = load_config(bytes(snap.document))
@@ -209,6 +267,7 @@ class ControlClient:
         if problem is not None:
             return self._nack(snap, APPLY_FAILED, problem)
         self.version, self.epoch, self.sha256 = snap.version, snap.epoch, snap.sha256
+        self.source = mesh_pb2.CONFIG_SOURCE_CONTROL_PLANE
         self._persist(snap)
         log.info("config %s (epoch %d, %s) active; ACK", snap.version, snap.epoch,
                  snap.sha256[:16])
@@ -226,6 +285,8 @@ class ControlClient:
 
     def _ack(self, snap: mesh_pb2.Snapshot) -> mesh_pb2.WatchRequest:
         self.acks += 1
+        self.last_error = ""
+        self._report_now.set()  # tell MeshKit what runs now
         return mesh_pb2.WatchRequest(ack=mesh_pb2.Ack(
             version=snap.version, nonce=snap.nonce, epoch=snap.epoch, sha256=snap.sha256))
 
@@ -237,7 +298,64 @@ class ControlClient:
                              error=mesh_pb2.ErrorDetail(code=code, message=message,
                                                         details=details or []))
         self.last_nack = nack
+        self.last_error = f"{code}: {message}"
+        self._report_now.set()
         return mesh_pb2.WatchRequest(nack=nack)
+
+    # ---- status reports and reconciliation ----
+    def status_report(self) -> mesh_pb2.StatusReport:
+        if not self.sha256:
+            health = mesh_pb2.NODE_HEALTH_STARTING
+        elif self.last_error or self.source != mesh_pb2.CONFIG_SOURCE_CONTROL_PLANE:
+            health = mesh_pb2.NODE_HEALTH_DEGRADED
+        else:
+            health = mesh_pb2.NODE_HEALTH_SERVING
+        return mesh_pb2.StatusReport(
+            node=self.node, config_version=self.version, config_epoch=self.epoch,
+            config_sha256=self.sha256, config_source=self.source,
+            discovery_generation=self.discovery_generation(), health=health,
+            ready=bool(self.sha256), last_error=self.last_error,
+            reported_at_unix_ms=int(time.time() * 1000))
+
+    def _report_loop(self) -> None:
+        interval = self.report_interval or REPORT_INTERVAL
+        channel, channel_endpoint = None, ""
+        try:
+            while not self._stop.is_set():
+                self._report_now.wait(interval)
+                self._report_now.clear()
+                if self._stop.is_set():
+                    return
+                endpoint = self._endpoint
+                if channel is None or channel_endpoint != endpoint:
+                    if channel is not None:
+                        channel.close()
+                    channel, channel_endpoint = self._open_channel(endpoint), endpoint
+                with self._lock:
+                    self._report_channel = channel  # stop() closes it: no wait for a reply
+                try:
+                    reply = mesh_pb2_grpc.NodeStatusStub(channel).Report(
+                        self.status_report(), timeout=min(REPORT_TIMEOUT, self.stale_after))
+                except grpc.RpcError as exc:
+                    log.debug("control plane %s: status report failed: %s", endpoint,
+                              exc.code().name)
+                except Exception:  # a bad report must not end the reporting
+                    log.exception("control plane: cannot send a status report")
+                else:
+                    self.reports += 1
+                    if self.report_interval is None and reply.report_interval_ms:
+                        interval = reply.report_interval_ms / 1000
+                    if not reply.config_drift or reply.desired_sha256 == self.sha256:
+                        self.last_in_sync = time.monotonic()
+                silent = time.monotonic() - self.last_in_sync
+                if silent > self.stale_after and not self._stop.is_set():
+                    self.reconcile(f"not in sync with the control plane for {silent:.1f}s "
+                                   f"(threshold {self.stale_after:g}s)")
+        except Exception:
+            log.exception("control plane: the status reporter failed")
+        finally:
+            if channel is not None:
+                channel.close()
 
 
 def _drain(requests: queue.Queue) -> Iterator[mesh_pb2.WatchRequest]:

@@ -13,11 +13,13 @@ from omnirelay.config.signing import Keyring
 
 from .bridge import SupervisorBridge
 from .client import ControlClient
+from .discovery import DiscoveryBridge, DiscoveryClient
 from .lkg import LkgError, lkg_path, load_lkg
 
 log = logging.getLogger("omnirelay.control")
 
 POLL = 0.05  # how often the first-config wait re-checks its conditions
+DISCOVERY_WAIT = 5.0  # at start, how long api clusters wait for the discovery feed
 
 
 @dataclass
@@ -32,6 +34,8 @@ class ControlOptions:
     bootstrap_timeout: float = 30.0
     capabilities: dict = field(default_factory=dict)  # omnirelay.admin.capabilities()
     build_version: str = ""
+    # Opens a channel to an endpoint: mTLS with the node's SVID (identity.py); None: plaintext.
+    channel: Callable | None = None
 
 
 def load_keyring(paths: list[str]) -> Keyring:
@@ -48,6 +52,9 @@ def node_message(opts: ControlOptions) -> mesh_pb2.Node:
     runtimes = caps.get("runtimes", {})
     features = list(caps.get("protocols", []))
     features += [name for name, rt in sorted(runtimes.items()) if rt.get("available")]
+    # Extension ABIs and host features: what signed packages this node can load.
+    features += [f"abi:{abi}" for abi in caps.get("extension_abis", [])]
+    features += [f for f in caps.get("features", []) if f not in features]
     wasm = runtimes.get("wasm", {})
     return mesh_pb2.Node(
         id=opts.node_id, tenant=opts.tenant, build_version=opts.build_version,
@@ -90,21 +97,42 @@ def run_node(opts: ControlOptions, *, build_check: Callable[[Config], Config],
     bridge = SupervisorBridge()
     client = ControlClient(opts.endpoints, node_message(opts), keyring,
                            activate=bridge.activate, build_check=build_check,
-                           lkg_dir=opts.lkg_dir, current=lkg)
+                           lkg_dir=opts.lkg_dir, current=lkg, **_channel(opts))
+    supervisors: list = []  # the discovery feed hands its lists to the supervisor, once made
+    feed = DiscoveryBridge(lambda c, e: supervisors[0].push_endpoints(c, e))
+    discovery = DiscoveryClient(opts.endpoints, node_message(opts), feed.deliver, **_channel(opts))
+    client.discovery_generation = lambda: discovery.generation  # in its status reports
     client.start()
+    discovery.start()
     try:
         config, source = _first_config(opts, client, bridge, lkg_config, lkg_refused)
         if config is None:
             return 1
         log.info("starting with config %r from %s", config.metadata.version, source)
+        api = any(c.discovery is not None and c.discovery.type == "api"
+                  for c in config.spec.clusters)
+        # Workers start with the endpoint lists known by then (bounded wait).
+        if api and not discovery.synced.wait(DISCOVERY_WAIT):
+            log.warning("no endpoint discovery snapshot within %gs; api clusters start "
+                            "with their static endpoints", DISCOVERY_WAIT)
 
         supervisor = make_supervisor(config, lambda: bridge.started(supervisor))
         supervisor.external_config = True
+        supervisor.config_slots = lambda: _config_slots(opts, keyring, bridge, discovery)
         supervisor.services.append(bridge)
+        supervisors.append(supervisor)
+        feed.flush()
+        supervisor.services.append(feed)
         return supervise(supervisor)
     finally:
         bridge.stop()
+        discovery.stop()
         client.stop()
+        feed.release()
+
+
+def _channel(opts: ControlOptions) -> dict:
+    return {} if opts.channel is None else {"channel": opts.channel}
 
 
 def _first_config(opts, client: ControlClient, bridge: SupervisorBridge,
@@ -126,3 +154,25 @@ def _first_config(opts, client: ControlClient, bridge: SupervisorBridge,
                 log.error("control plane %s and no usable config%s: exiting", why,
                           f" (LKG refused: {lkg_refused})" if lkg_refused else "")
                 return None, None
+
+
+def _config_slots(opts: ControlOptions, keyring: Keyring, bridge: SupervisorBridge,
+                  discovery: DiscoveryClient) -> dict:
+    """/config_dump's staged and last-known-good slots (read on request: the LKG file is
+    re-verified, so what is shown is what a restart would use)."""
+    staged = bridge.staged()
+    out: dict = {"staged": None if staged is None else {
+        "version": staged.metadata.version, "epoch": staged.metadata.epoch},
+        "last_known_good": None, "discovery": discovery.status()}
+    if opts.lkg_dir is not None:
+        try:
+            lkg = load_lkg(opts.lkg_dir, keyring)
+        except LkgError as exc:
+            out["last_known_good"] = {"path": str(lkg_path(opts.lkg_dir)), "error": str(exc)}
+        else:
+            if lkg is not None:
+                out["last_known_good"] = {
+                    "path": str(lkg_path(opts.lkg_dir)), "version": lkg.version,
+                    "epoch": lkg.epoch, "sha256": lkg.signed.sha256, "scope": lkg.scope,
+                    "saved_at": lkg.saved_at}
+    return out

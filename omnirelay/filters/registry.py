@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Collection
 
 from omnirelay._core import FilterChain
 from omnirelay.config import FilterSpec
@@ -38,15 +39,22 @@ def known_filters() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_factory(spec: FilterSpec, path: str) -> FilterFactory:
+def build_factory(spec: FilterSpec, path: str,
+                  clusters: Collection[str] | None = None) -> FilterFactory:
+    """``clusters``: the config's cluster names; a factory with a ``check_clusters(names)``
+    method (one whose config names clusters) is checked against them."""
     _load_builtins()
     cls = _REGISTRY.get(spec.name)
     if cls is None:
         raise FilterConfigError(
             f"{path}.name: unknown filter {spec.name!r} (known: {', '.join(sorted(_REGISTRY))})")
     try:
-        return cls(spec.config.to_dict() if hasattr(spec.config, "to_dict") else dict(spec.config),
-                   binding=path)
+        factory = cls(spec.config.to_dict() if hasattr(spec.config, "to_dict")
+                      else dict(spec.config), binding=path)
+        check = getattr(factory, "check_clusters", None)
+        if clusters is not None and check is not None:
+            check(clusters)
+        return factory
     except (TypeError, ValueError, KeyError) as e:
         raise FilterConfigError(f"{path}.config: {e}") from e
 

@@ -9,10 +9,13 @@ anything is touched.
 from __future__ import annotations
 
 import asyncio
-import ssl
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import omnirelay.extensions.dsl.filter  # registers omnirelay.filters.http.dsl
+import omnirelay.extensions.native.filter  # registers omnirelay.extensions.native
 import omnirelay.extensions.wasm.filter  # noqa: F401  (registers omnirelay.filters.http.wasm)
 from omnirelay._core import Cluster as CoreCluster
 from omnirelay._core import (
@@ -26,10 +29,13 @@ from omnirelay._core import (
 from omnirelay.config import Config
 from omnirelay.config.model import Endpoint, Listener, Route
 from omnirelay.config.model import HeaderEdits as HeaderEditsSpec
+from omnirelay.extensions.packages import use_trust
 from omnirelay.filters.registry import build_chain, build_factory
-from omnirelay.runtime.tls import build_client_contexts, build_tls_contexts
+from omnirelay.runtime.tls import ServerTls, build_client_contexts, build_tls_contexts
 from omnirelay.security.upstream import publish_clusters
 from omnirelay.telemetry.accesslog import AccessLogger
+from omnirelay.telemetry.tap import TapHub
+from omnirelay.telemetry.tracing import ExportSettings, ListenerHook, Pipeline
 
 # How long a tls_passthrough listener waits for a whole ClientHello.
 CLIENT_HELLO_TIMEOUT = 5.0
@@ -43,7 +49,7 @@ class BuiltConfig:
     # ListenerState for `protocol: http`, L4ListenerState for tcp / tls_passthrough
     listeners: dict[str, ListenerState | L4ListenerState]
     # server-side SSLContext of each `protocol: http` listener with `tls`
-    tls: dict[str, ssl.SSLContext] = field(default_factory=dict)
+    tls: dict[str, ServerTls] = field(default_factory=dict)
 
 
 class TableBuilder:
@@ -55,15 +61,23 @@ class TableBuilder:
         self.upstream_stats: dict[tuple[str, str], UpstreamStats] = {}
         # Access loggers by listener: kept across reloads while their settings stay the same.
         self.access_logs: dict[str, AccessLogger] = {}
+        # Span export pipelines by settings (shared by listeners, kept across reloads), the
+        # request hooks of the latest build, and the taps that hooks serve.
+        self.pipelines: dict[ExportSettings, Pipeline] = {}
+        self.hooks: dict[str, tuple[ListenerState, ListenerHook]] = {}
+        self.taps = TapHub()
+        self.taps.on_change = self._apply_hooks
 
     def build(self, config: Config) -> BuiltConfig:
         spec = config.spec
+        use_trust(config.extensions)  # what the filters' extension packages are checked against
+        names = frozenset(c.name for c in spec.clusters)  # for filters that name clusters
         route_filters = {
-            r.name: [build_factory(f, f"spec.routes[{i}].filters[{j}]")
+            r.name: [build_factory(f, f"spec.routes[{i}].filters[{j}]", names)
                      for j, f in enumerate(r.filters)]
             for i, r in enumerate(spec.routes)}
         listener_filters = {
-            lst.name: [build_factory(f, f"spec.listeners[{i}].filters[{j}]")
+            lst.name: [build_factory(f, f"spec.listeners[{i}].filters[{j}]", names)
                        for j, f in enumerate(lst.filters)]
             for i, lst in enumerate(spec.listeners)}
         tls = build_tls_contexts(spec.listeners)
@@ -122,6 +136,8 @@ class TableBuilder:
         self.upstream_stats = upstream_stats
         listeners: dict[str, ListenerState | L4ListenerState] = {}
         access_logs: dict[str, AccessLogger] = {}
+        pipelines: dict[ExportSettings, Pipeline] = {}
+        hooks: dict[str, tuple[ListenerState, ListenerHook]] = {}
         for lst in spec.listeners:
             if lst.protocol != "http":
                 listeners[lst.name] = _l4_state(lst, clusters)
@@ -149,7 +165,18 @@ class TableBuilder:
                 if logger is None or logger.spec != lst.access_log:
                     logger = AccessLogger(lst.access_log)
                 access_logs[lst.name] = listeners[lst.name].access_log = logger
+            pipeline = None
+            if lst.tracing is not None:
+                key = ExportSettings.of(lst.tracing)
+                pipeline = pipelines.get(key) or self.pipelines.get(key) or Pipeline(key)
+                pipelines[key] = pipeline
+            hooks[lst.name] = (listeners[lst.name], ListenerHook(
+                lst.name, pipeline, lst.tracing.sampling if lst.tracing else 0.0,
+                config.metadata.version, self.taps))
         self._retire_access_logs(access_logs)
+        self._retire_pipelines(pipelines)
+        self.hooks = hooks
+        self._apply_hooks()
         return BuiltConfig(config, listeners, tls)
 
     def _retire_access_logs(self, keep: dict[str, AccessLogger]) -> None:
@@ -165,6 +192,31 @@ class TableBuilder:
                 loop.call_later(ACCESS_LOG_RETIRE_DELAY, logger.close)
             else:
                 logger.close()
+
+    def _apply_hooks(self) -> None:
+        # Tracing listeners always have their hook; the others only while a tap runs.
+        tapping = bool(self.taps.taps)
+        for state, hook in self.hooks.values():
+            state.trace = hook if hook.pipeline is not None or tapping else None
+
+    def _retire_pipelines(self, keep: dict[ExportSettings, Pipeline]) -> None:
+        old = [p for k, p in self.pipelines.items() if keep.get(k) is not p]
+        self.pipelines = keep
+        for p in old:  # exports what it holds, off the loop (bounded by export_timeout)
+            threading.Thread(target=p.shutdown, name="tracing-retire", daemon=True).start()
+
+    def flush_traces(self, timeout: float) -> bool:
+        """Export the spans queued so far (blocking, at most about `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        return all(p.flush(max(0.0, deadline - time.monotonic()))
+                   for p in list(self.pipelines.values()))
+
+    def close_tracing(self) -> None:
+        """Export what is queued and stop the exporters (at shutdown; blocking, bounded by
+        each pipeline's export_timeout)."""
+        for p in self.pipelines.values():
+            p.shutdown()
+        self.pipelines = {}
 
     def close_access_logs(self) -> None:
         """Flush and close every access log (at shutdown)."""

@@ -4,7 +4,8 @@ It never runs an event loop: workers are forked from it (at start and on every r
 and a forked child must not inherit one. It waits in poll() on the workers' status pipes,
 a signal wakeup pipe and the sockets of its services (the admin server), and reaps only
 its own workers' pids. Workers report their counters on the status pipe; the supervisor
-merges them (`telemetry`) for the admin API.
+merges them (`telemetry`) for the admin API, and streams the records of its admin taps,
+which every worker runs (`taps`, telemetry.tap.RelayedTaps).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from omnirelay.runtime import worker
 from omnirelay.runtime.build import TableBuilder
 from omnirelay.runtime.ports import Reservations, binding_changes
 from omnirelay.telemetry import REPORT_INTERVAL, Aggregate
+from omnirelay.telemetry.tap import RelayedTaps
 
 log = logging.getLogger("omnirelay.supervisor")
 
@@ -93,6 +95,7 @@ class _Proc:
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     failure: str | None = None
     buf: bytes = b""
+    outbox: bytearray = field(default_factory=bytearray)  # commands the pipe did not take yet
 
 
 class Supervisor:
@@ -122,6 +125,11 @@ class Supervisor:
         self.drain_requested = False
         self.external_config = False  # set when a control plane supplies the config
         self._reload_waiters: list[ReloadDone] = []
+        # Endpoint lists from the control plane's discovery feed, by cluster, in the shape
+        # of `endpoints`: every worker gets each change, and a new worker all of them.
+        self.discovered: dict[str, list[dict]] = {}
+        # Admin taps, run by every worker (a new worker joins those running).
+        self.taps = RelayedTaps(self._broadcast)
 
     # ---- lifecycle ----
     def run(self) -> int:
@@ -279,6 +287,10 @@ class Supervisor:
                      config_version=self.config.metadata.version)
         self._procs[pid] = proc
         self._sel.register(r, selectors.EVENT_READ, proc)
+        for cluster, endpoints in self.discovered.items():
+            self._command(proc, {"endpoints": {"cluster": cluster, "list": endpoints}})
+        for command in self.taps.commands():
+            self._command(proc, command)
         log.debug("worker %d: pid %d started", slot, pid)
 
     def _become_worker(self, own_read_end: int, status_w: int, cmd_r: int, cmd_w: int) -> None:
@@ -328,6 +340,8 @@ class Supervisor:
             proc.failure = msg["failed"]
         elif "stats" in msg:
             self.telemetry.update(proc.pid, msg["stats"])
+        elif "tap" in msg:
+            self.taps.deliver(msg["tap"], msg["record"])
         elif "reloaded" in msg:
             proc.config_version = msg["reloaded"]
             self._reload_answered(proc.pid)
@@ -346,6 +360,9 @@ class Supervisor:
         while proc.fd is not None:  # read up to EOF: a last message may explain the exit
             self._read_status(proc)
         if proc.cmd_fd is not None:
+            if proc.outbox:
+                self._sel.unregister(proc.cmd_fd)
+                proc.outbox.clear()
             os.close(proc.cmd_fd)
             proc.cmd_fd = None
         del self._procs[proc.pid]
@@ -464,6 +481,11 @@ class Supervisor:
                         "stats_age_s": round(now - src.updated, 3) if src else None})
         return out
 
+    @property
+    def reloading(self) -> bool:
+        """Whether a reload is out to the workers and not yet answered by all of them."""
+        return bool(self._reloading)
+
     def request_drain(self) -> None:
         """Drain and stop, as on SIGTERM (the admin's POST /drain)."""
         self.drain_requested = True
@@ -472,14 +494,47 @@ class Supervisor:
     def set_log_level(self, level: str, logger: str = "") -> None:
         """Set a logger's level here and in every worker (new workers inherit it)."""
         logging.getLogger(logger or None).setLevel(level.upper())
-        line = json.dumps({"log_level": level, "logger": logger}).encode() + b"\n"
         for p in self._procs.values():
-            if p.cmd_fd is None:
-                continue
-            try:
-                os.write(p.cmd_fd, line)
-            except (BlockingIOError, BrokenPipeError):
-                log.warning("worker pid %d did not take the log level change", p.pid)
+            self._command(p, {"log_level": level, "logger": logger})
+
+    def push_endpoints(self, cluster: str, endpoints: list[dict]) -> None:
+        """A cluster's endpoints from the discovery feed, to every worker (now and later)."""
+        self.discovered[cluster] = endpoints
+        for p in self._procs.values():
+            self._command(p, {"endpoints": {"cluster": cluster, "list": endpoints}})
+
+    def _broadcast(self, message: dict) -> None:
+        for p in self._procs.values():
+            self._command(p, message)
+
+    def _command(self, proc: _Proc, message: dict) -> None:
+        """Queue a JSON line on a worker's command pipe; what the pipe cannot take now is
+        written when it drains (the poll loop watches it), in order."""
+        if proc.cmd_fd is None:
+            return
+        pending = bool(proc.outbox)
+        proc.outbox += json.dumps(message).encode() + b"\n"
+        if not pending:
+            self._flush_commands(proc)
+
+    def _flush_commands(self, proc: _Proc, events: int = 0) -> None:
+        fd = proc.cmd_fd
+        if fd is None:
+            proc.outbox.clear()
+            return
+        try:
+            while proc.outbox:
+                del proc.outbox[:os.write(fd, proc.outbox)]
+        except BlockingIOError:
+            pass
+        except BrokenPipeError:
+            proc.outbox.clear()  # the worker is gone; its reaping closes the pipe
+        watching = events != 0
+        if proc.outbox and not watching:
+            self._sel.register(fd, selectors.EVENT_WRITE,
+                               lambda ev, p=proc: self._flush_commands(p, ev))
+        elif not proc.outbox and watching:
+            self._sel.unregister(fd)
 
     def _write_snapshot(self) -> None:
         # Workers reload from this exact, validated copy: the file may change again.

@@ -6,14 +6,15 @@ serving.
 Expired or not-yet-valid material fails closed: a listener certificate, a client certificate
 or any certificate of a CA bundle outside its validity window is a ConfigError naming the
 file and the date, so a reload carrying it is rejected and a first start fails with the
-reason. A certificate that expires within EXPIRY_WARNING is logged as a warning when a
-context is built from it."""
+reason. A certificate that expires within EXPIRY_WARNING, or within the last quarter of its
+lifetime if that is shorter, is logged as a warning when a context is built from it."""
 from __future__ import annotations
 
 import datetime
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -27,15 +28,50 @@ log = logging.getLogger("omnirelay.tls")
 EXPIRY_WARNING = datetime.timedelta(days=7)
 
 
-def build_tls_contexts(listeners: Sequence[Listener]) -> dict[str, ssl.SSLContext]:
-    """The server SSLContext of every TLS-terminating listener, by name. Raises ConfigError
+_TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """The server contexts of one TLS listener: the default certificate's and one per
+    `certificates` entry, picked by the ClientHello's server name."""
+
+    default: ssl.SSLContext
+    exact: Mapping[str, ssl.SSLContext]
+    suffixes: tuple[tuple[str, ssl.SSLContext], ...]  # ('.example.com', ctx), longest first
+    # (certificate or bundle file, not-after as a Unix time) of everything the listener relies
+    # on; past the earliest, handshakes are refused (fail closed) until new material loads.
+    expiry: tuple[tuple[str, float], ...]
+    not_after: float
+
+    def select(self, server_name: str | None) -> ssl.SSLContext:
+        if server_name:
+            name = server_name.lower()
+            ctx = self.exact.get(name)
+            if ctx is not None:
+                return ctx
+            for suffix, ctx in self.suffixes:
+                if name.endswith(suffix):
+                    return ctx
+        return self.default
+
+    def expired_file(self, now: float) -> tuple[str, float] | None:
+        """The first file whose certificate has expired by `now`, if any."""
+        for filename, end in self.expiry:
+            if end <= now:
+                return filename, end
+        return None
+
+
+def build_tls_contexts(listeners: Sequence[Listener]) -> dict[str, ServerTls]:
+    """The server contexts of every TLS-terminating listener, by name. Raises ConfigError
     with one issue per unreadable or unusable certificate or key file."""
     contexts = {}
     issues: list[ConfigIssue] = []
     for i, lst in enumerate(listeners):
         if lst.protocol == "http" and lst.tls is not None:
             try:
-                contexts[lst.name] = server_ssl_context(lst.tls, f"spec.listeners[{i}].tls")
+                contexts[lst.name] = server_tls(lst.tls, f"spec.listeners[{i}].tls")
             except ConfigError as e:
                 issues += e.issues
     if issues:
@@ -43,27 +79,73 @@ def build_tls_contexts(listeners: Sequence[Listener]) -> dict[str, ssl.SSLContex
     return contexts
 
 
-def server_ssl_context(tls: TlsContext, path: str = "tls") -> ssl.SSLContext:
-    """TLS 1.2+ with the certificate chain and key of `tls`, offering its ALPN protocols in
-    the configured order (the server's preference decides). Raises ConfigError naming the
-    file and what is wrong with it; `path` locates the `tls` section in the document."""
+def server_tls(tls: TlsContext, path: str = "tls") -> ServerTls:
+    """The default context and one per SNI certificate, all with the same protocol
+    settings; ConfigError lists every unusable file at once."""
     issues: list[ConfigIssue] = []
-    _check_pair(tls.cert_file, tls.key_file, path, issues)
-    if tls.client_ca_file is not None:
-        _check_bundle(tls.client_ca_file, f"{path}.client_ca_file", "client CA bundle", issues)
-    if issues:
+    if tls.ciphers is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(tls.ciphers)
+        except ssl.SSLError:
+            raise ConfigError([ConfigIssue(
+                f"{path}.ciphers", f"no usable cipher in {tls.ciphers!r} (an OpenSSL cipher "
+                "list, e.g. 'ECDHE+AESGCM:ECDHE+CHACHA20')")]) from None
+    expiry: list[tuple[str, float]] = []
+    default = _server_context(tls, tls.cert_file, tls.key_file, path, issues, expiry)
+    exact: dict[str, ssl.SSLContext] = {}
+    suffixes: list[tuple[str, ssl.SSLContext]] = []
+    for i, entry in enumerate(tls.certificates):
+        ctx = _server_context(tls, entry.cert_file, entry.key_file,
+                              f"{path}.certificates[{i}]", issues, expiry)
+        for name in entry.server_names:
+            if name.startswith("*."):
+                suffixes.append((name[1:], ctx))
+            else:
+                exact[name] = ctx
+    if issues or default is None:
         raise ConfigError(issues)
+    suffixes.sort(key=lambda item: -len(item[0]))
+    return ServerTls(default, exact, tuple(suffixes), tuple(expiry),
+                     min((end for _, end in expiry), default=float("inf")))
+
+
+def server_ssl_context(tls: TlsContext, path: str = "tls") -> ssl.SSLContext:
+    """The default certificate's context of `tls` (see server_tls)."""
+    return server_tls(tls, path).default
+
+
+def _server_context(tls: TlsContext, cert_file: str, key_file: str, path: str,
+                    issues: list[ConfigIssue],
+                    expiry: list[tuple[str, float]]) -> ssl.SSLContext | None:
+    """TLS 1.2+ (or as configured) with one certificate chain and key, offering the ALPN
+    protocols in the configured order (the server's preference decides). Problems are
+    appended to `issues`, naming the file; `path` locates the section in the document."""
+    before = len(issues)
+    _check_pair(cert_file, key_file, path, issues, expiry)
+    if tls.client_ca_file is not None:
+        _check_bundle(tls.client_ca_file, f"{path}.client_ca_file", "client CA bundle", issues,
+                      expiry)
+    if len(issues) > before:
+        return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
+    ctx.maximum_version = _TLS_VERSIONS[tls.max_version]
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    _load_chain(ctx, tls.cert_file, tls.key_file, path)
+    if tls.ciphers is not None:
+        ctx.set_ciphers(tls.ciphers)  # checked once by server_tls
+    try:
+        _load_chain(ctx, cert_file, key_file, path)
+    except ConfigError as e:
+        issues += e.issues
+        return None
     if tls.client_ca_file is not None:
         try:
             ctx.load_verify_locations(cafile=tls.client_ca_file)
         except ssl.SSLError as e:
-            raise ConfigError([ConfigIssue(
+            issues.append(ConfigIssue(
                 f"{path}.client_ca_file",
-                f"{tls.client_ca_file}: not a PEM CA bundle ({e.reason or e})")]) from None
+                f"{tls.client_ca_file}: not a PEM CA bundle ({e.reason or e})"))
+            return None
         ctx.verify_mode = (ssl.CERT_REQUIRED if tls.require_client_certificate
                            else ssl.CERT_OPTIONAL)
     ctx.set_alpn_protocols(list(tls.alpn))
@@ -133,7 +215,8 @@ def client_ssl_context(tls: UpstreamTls, protocol: str = "http1",
     return ctx
 
 
-def _check_pair(cert_file: str, key_file: str, path: str, issues: list[ConfigIssue]) -> None:
+def _check_pair(cert_file: str, key_file: str, path: str, issues: list[ConfigIssue],
+                expiry: list[tuple[str, float]] | None = None) -> None:
     """Record why a certificate chain / private key pair is unusable, if it is."""
     cert_path, key_path = f"{path}.cert_file", f"{path}.key_file"
     cert = _read(cert_file, cert_path, "certificate", issues)
@@ -147,6 +230,8 @@ def _check_pair(cert_file: str, key_file: str, path: str, issues: list[ConfigIss
             issues.append(ConfigIssue(cert_path, f"{cert_file}: not a PEM certificate chain ({e})"))
         else:
             _check_validity(chain[:1], cert_file, cert_path, "the certificate", issues)
+            if expiry is not None:
+                expiry.append((cert_file, chain[0].not_valid_after_utc.timestamp()))
     if key is not None:
         try:
             load_pem_private_key(key, password=None)
@@ -158,7 +243,8 @@ def _check_pair(cert_file: str, key_file: str, path: str, issues: list[ConfigIss
             issues.append(ConfigIssue(key_path, f"{key_file}: not a PEM private key ({e})"))
 
 
-def _check_bundle(filename: str, path: str, what: str, issues: list[ConfigIssue]) -> None:
+def _check_bundle(filename: str, path: str, what: str, issues: list[ConfigIssue],
+                  expiry: list[tuple[str, float]] | None = None) -> None:
     """Read a CA bundle and record any of its certificates outside its validity window. A
     bundle that does not parse here is left to OpenSSL, which reports it when loading."""
     data = _read(filename, path, what, issues)
@@ -169,6 +255,8 @@ def _check_bundle(filename: str, path: str, what: str, issues: list[ConfigIssue]
     except ValueError:
         return
     _check_validity(certs, filename, path, f"a certificate of the {what}", issues)
+    if expiry is not None and certs:
+        expiry.append((filename, min(c.not_valid_after_utc.timestamp() for c in certs)))
 
 
 def _check_validity(certs: Sequence[x509.Certificate], filename: str, path: str, what: str,
@@ -185,7 +273,8 @@ def _check_validity(certs: Sequence[x509.Certificate], filename: str, path: str,
         elif start > now:
             issues.append(ConfigIssue(path, f"{filename}: {what} ({subject}) is not valid "
                                       f"before {_date(start)}"))
-        elif end - now < EXPIRY_WARNING:
+        elif end - now < min(EXPIRY_WARNING, (end - start) / 4):
+            # Short-lived certificates (SVIDs of a day) are renewed well before this.
             log.warning("%s: %s: %s (%s) expires on %s, in %s", path, filename, what, subject,
                         _date(end), _left(end - now))
 

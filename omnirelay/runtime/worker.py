@@ -5,8 +5,10 @@ supervisor's handlers inherited across fork; `run` installs the worker's own and
 unblocks. A worker reports to the supervisor with JSON lines on its status pipe:
 {"ready": {listener: [host, port]}}, {"failed": reason}, {"reloaded": version},
 {"reload_failed": reason} or, every `report_interval` and once more after its drain,
-{"stats": what changed in its counters (telemetry.samples.Reporter)}. The supervisor sends JSON lines on the command pipe:
-{"log_level": level, "logger": name}.
+{"stats": what changed in its counters (telemetry.samples.Reporter)} and, while an admin tap
+runs, {"tap": id, "record": a matching request's head}. The supervisor sends JSON lines on
+the command pipe: {"log_level": level, "logger": name}, {"endpoints": {...}},
+{"tap_start": {id, filter, count, seconds}} and {"tap_stop": id} (telemetry.tap).
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from omnirelay.config import Config, load_config
+from omnirelay.config import Config, ConfigError, load_config
 from omnirelay.relay import Relay
 from omnirelay.telemetry.samples import Reporter
+from omnirelay.telemetry.tap import Tap, TapError
 
 log = logging.getLogger("omnirelay.worker")
 
@@ -80,6 +83,12 @@ class _Worker:
         self.status = StatusWriter(spec.status_fd)
         self.reporter = Reporter()
         self.commands = b""
+        # Endpoint lists from the control plane's discovery feed (via the supervisor): kept so
+        # those received before the Relay exists apply once it does.
+        self.discovered: dict[str, list] = {}
+        # The supervisor's taps running here by id, and those sent before the Relay existed.
+        self.taps: dict[str, Tap] = {}
+        self.tap_commands: dict[str, dict] = {}
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
@@ -97,7 +106,14 @@ class _Worker:
             log.error("cannot open listeners: %s", e)
             self.report(failed=f"cannot open listeners: {e}")
             return 1
+        if self.spec.command_fd is not None:
+            self._on_command()  # what the supervisor queued at fork: discovered endpoints
         self.relay = relay
+        for cluster, endpoints in self.discovered.items():
+            self._set_endpoints(cluster, endpoints)
+        for command in self.tap_commands.values():
+            self._start_tap(command)
+        self.tap_commands.clear()
         self.started.set()
         self.report(ready={name: list(addr) for name, addr in relay.addresses.items()})
         reporter = None
@@ -137,11 +153,52 @@ class _Worker:
             except ValueError:
                 log.error("ignoring a malformed supervisor command: %r", line[:200])
                 continue
+            if "endpoints" in msg:
+                update = msg["endpoints"]
+                self.discovered[update["cluster"]] = update["list"]
+                if self.relay is not None:
+                    self._set_endpoints(update["cluster"], update["list"])
+            if "tap_start" in msg:
+                self._start_tap(msg["tap_start"])
+            if "tap_stop" in msg:
+                self._stop_tap(msg["tap_stop"])
             if "log_level" in msg:
                 name = msg.get("logger") or ""
                 logging.getLogger(name or None).setLevel(msg["log_level"].upper())
                 log.info("log level of %s set to %s", name or "the root logger",
                          msg["log_level"])
+
+    def _start_tap(self, command: dict) -> None:
+        tap_id = command["id"]
+        if self.relay is None:  # sent at fork: starts once the Relay listens
+            self.tap_commands[tap_id] = command
+            return
+        pid = os.getpid()
+
+        def forward(record: dict) -> None:
+            self.report(tap=tap_id, record={**record, "worker": pid})
+        try:
+            self.taps[tap_id] = self.relay.taps.start_command(command, forward)
+        except (TapError, KeyError, TypeError, ValueError) as e:  # never expected
+            log.error("tap %s not started: %s", tap_id, e)
+        else:
+            log.info("tap %s started", tap_id)
+
+    def _stop_tap(self, tap_id: str) -> None:
+        self.tap_commands.pop(tap_id, None)
+        tap = self.taps.pop(tap_id, None)
+        if tap is not None:
+            tap.hub.remove(tap)
+            log.info("tap %s stopped", tap_id)
+
+    def _set_endpoints(self, cluster: str, endpoints: list) -> None:
+        assert self.relay is not None
+        try:
+            self.relay.set_endpoints(cluster, endpoints)
+        except (KeyError, ValueError) as e:  # not an api-discovery cluster of this config
+            log.debug("discovery: endpoints of cluster %s not applied: %s", cluster, e)
+        except ConfigError as e:  # checked by the client already; never expected
+            log.error("discovery: endpoints of cluster %s refused: %s", cluster, e)
 
     def _on_lifeline(self) -> None:
         if os.read(self.spec.lifeline_fd, 1) == b"":
@@ -168,6 +225,9 @@ class _Worker:
                 log.error("reload failed, keeping config %s: %s", self.relay.config_version, e)
                 self.report(reload_failed=str(e))
             else:
+                # A cluster the new config turns to api discovery gets its list at once.
+                for cluster, endpoints in self.discovered.items():
+                    self._set_endpoints(cluster, endpoints)
                 self.report(reloaded=config.metadata.version)
 
 

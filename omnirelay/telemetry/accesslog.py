@@ -10,6 +10,10 @@ Cost model (issue 8):
   `BATCH` records are pending); the formatted chunk goes to a writer thread that does the
   blocking `write(2)`. If the writer falls behind (slow disk) by more than `MAX_BACKLOG` bytes,
   whole chunks are dropped and counted (`dropped_backlog`) rather than stalling the loop.
+- Per-tenant limit (`tenant_header`, `tenant_max_per_second`): one token bucket per value of
+  that request header, checked before the listener-wide bucket so one noisy tenant cannot
+  use it all up. At most MAX_TENANTS buckets are kept; when full, idle (refilled) buckets are
+  swept (at most once a second) and, if none is idle, new tenants share one overflow bucket.
 - Rotation: the writer thread checks every `REOPEN_CHECK` seconds whether the path still names
   the file it has open (same device and inode); after a move/rename (logrotate without
   copytruncate) or a delete it reopens the path. No signal is used, so an embedding
@@ -28,7 +32,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omnirelay._core import HttpStream
@@ -41,6 +45,9 @@ BATCH = 512  # pending records that trigger an early flush
 MAX_PENDING = 16384  # records held before formatting; more are dropped (dropped_backlog)
 MAX_BACKLOG = 8 * 1024 * 1024  # formatted bytes queued for the writer thread
 REOPEN_CHECK = 1.0  # seconds between inode checks of the log path
+MAX_TENANTS = 1024  # per-tenant buckets kept
+MAX_TENANT_KEY = 128  # characters of the header value that name a tenant
+OVERFLOW_TENANT = "\x00overflow"  # the bucket tenants share once MAX_TENANTS are busy
 
 DEFAULT_TEMPLATE = (
     '%TIMESTAMP% %PEER% "%METHOD% %PATH% %PROTOCOL%" %STATUS% %RESPONSE_BYTES% '
@@ -312,8 +319,8 @@ class _Writer(threading.Thread):
 
 class AccessLogger:
     """The callable a ListenerState holds as `access_log`. Counters: `logged` (accepted for
-    writing), `written`, `sampled_out`, `dropped_rate_limit`, `dropped_backlog`,
-    `write_errors`, `reopens`."""
+    writing), `written`, `sampled_out`, `dropped_rate_limit`, `dropped_tenant_rate_limit`,
+    `dropped_backlog`, `write_errors`, `reopens`."""
 
     def __init__(self, spec: AccessLog) -> None:
         self.spec = spec
@@ -322,6 +329,10 @@ class AccessLogger:
         self.rate = float(spec.max_per_second)
         self.tokens = self.rate
         self.refilled = time.monotonic()
+        self.tenant_header = spec.tenant_header
+        self.tenant_rate = float(spec.tenant_max_per_second)
+        self.tenants: dict[str, list[float]] = {}  # tenant -> [tokens, refilled at]
+        self.tenants_swept = 0.0
         self.pending: list[tuple[float, tuple]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -333,6 +344,7 @@ class AccessLogger:
         self.written = 0
         self.sampled_out = 0
         self.dropped_rate_limit = 0
+        self.dropped_tenant_rate_limit = 0
         self.dropped_backlog = 0
         self.write_errors = 0
         self.reopens = 0
@@ -342,6 +354,9 @@ class AccessLogger:
     def __call__(self, stream: Any) -> None:
         if self.sample < 1.0 and random.random() >= self.sample:
             self.sampled_out += 1
+            return
+        if self.tenant_header is not None and not self._tenant_token(stream):
+            self.dropped_tenant_rate_limit += 1
             return
         if self.rate > 0:
             now = time.monotonic()
@@ -368,6 +383,40 @@ class AccessLogger:
         elif len(self.pending) == BATCH:
             self.timer.cancel()
             self._schedule(0)
+
+    def _tenant_token(self, stream: Any) -> bool:
+        """Take a token from the request's tenant bucket; False if it has none."""
+        headers = stream.request_headers
+        key = headers.get(self.tenant_header, "") if headers is not None else ""
+        key = key[:MAX_TENANT_KEY]
+        now = time.monotonic()
+        rate = self.tenant_rate
+        bucket = self.tenants.get(key)
+        if bucket is None:
+            if len(self.tenants) >= MAX_TENANTS:
+                if now - self.tenants_swept >= 1.0:  # a flood of new names sweeps once a second
+                    self.tenants_swept = now
+                    self._sweep_tenants(now)
+                if len(self.tenants) >= MAX_TENANTS:
+                    key = OVERFLOW_TENANT
+                    bucket = self.tenants.get(key)
+            if bucket is None:
+                bucket = self.tenants[key] = [rate, now]
+        tokens = min(bucket[0] + (now - bucket[1]) * rate, rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
+    def _sweep_tenants(self, now: float) -> None:
+        # A bucket idle long enough to be full again holds no state worth keeping.
+        rate = self.tenant_rate
+        idle = [k for k, (tokens, at) in self.tenants.items()
+                if tokens + (now - at) * rate >= rate and k != OVERFLOW_TENANT]
+        for k in idle:
+            del self.tenants[k]
 
     def _schedule(self, delay: float) -> None:
         loop = self.loop
@@ -417,10 +466,24 @@ class AccessLogger:
             "written": self.written,
             "sampled_out": self.sampled_out,
             "dropped_rate_limit": self.dropped_rate_limit,
+            "dropped_tenant_rate_limit": self.dropped_tenant_rate_limit,
             "dropped_backlog": self.dropped_backlog,
             "write_errors": self.write_errors,
             "reopens": self.reopens,
         }
+
+
+# omnirelay_access_log_records_total{listener, result}: result -> AccessLogger counter
+SERIES_RESULTS = (("written", "written"), ("sampled_out", "sampled_out"),
+                  ("rate_limited", "dropped_rate_limit"),
+                  ("tenant_rate_limited", "dropped_tenant_rate_limit"),
+                  ("dropped", "dropped_backlog"), ("write_error", "write_errors"))
+
+
+def access_log_series(loggers: Mapping[str, AccessLogger]) -> list[tuple[str, tuple, int]]:
+    """Metric series (telemetry.samples entries) of the access loggers by listener."""
+    return [("omnirelay_access_log_records_total", (name, result), getattr(lg, attr))
+            for name, lg in loggers.items() for result, attr in SERIES_RESULTS]
 
 
 @atexit.register
@@ -432,4 +495,5 @@ def _close_all() -> None:
             log.exception("access log: cannot close %s", logger.spec.path)
 
 
-__all__ = ["ACCESS_LOG_FIELDS", "AccessLogger", "Formatter", "record_fields"]
+__all__ = ["ACCESS_LOG_FIELDS", "AccessLogger", "Formatter", "access_log_series",
+           "record_fields"]

@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .metrics import BY_NAME, COUNTER, GAUGE, HISTOGRAM, Labels, histogram_count
+from .metrics import BY_NAME, COUNTER, GAUGE, HISTOGRAM, METRICS, Labels, histogram_count
+
+_MIN_MERGED = frozenset(m.name for m in METRICS if m.merge == "min")
 
 log = logging.getLogger("omnirelay.telemetry")
 
@@ -46,6 +48,7 @@ class Source:
     values: dict[Key, Any] = field(default_factory=dict)
     base: dict[Key, Any] = field(default_factory=dict)  # folded counter restarts
     detail: dict[str, Any] = field(default_factory=dict)  # the report's "clusters"
+    extensions: dict[str, Any] = field(default_factory=dict)  # the report's "extensions"
     updated: float = 0.0  # monotonic time of the last report
 
     def totals(self) -> dict[Key, Any]:
@@ -96,6 +99,8 @@ class Aggregate:
                 values.pop(key, None)
         if "clusters" in report:
             src.detail = dict(report["clusters"])
+        if "extensions" in report:
+            src.extensions = dict(report["extensions"])
         src.updated = now
         self._record_rate(now)
 
@@ -114,7 +119,12 @@ class Aggregate:
         out: dict[Key, Any] = dict(self.retired)
         for src in self.sources.values():
             for key, value in src.totals().items():
-                out[key] = _add(out[key], value) if key in out else value
+                if key not in out:
+                    out[key] = value
+                elif key[0] in _MIN_MERGED:
+                    out[key] = min(out[key], value)
+                else:
+                    out[key] = _add(out[key], value)
         return out
 
     # ---- request rates for /stats and `omnirelay status` ----

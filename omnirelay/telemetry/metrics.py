@@ -41,6 +41,7 @@ class Metric:
     kind: str  # COUNTER | GAUGE | HISTOGRAM
     labels: tuple[str, ...]
     help: str
+    merge: str = "sum"  # across workers: "sum", or "min" for gauges such as deadlines
 
 
 METRICS: tuple[Metric, ...] = (
@@ -108,6 +109,38 @@ METRICS: tuple[Metric, ...] = (
     Metric("omnirelay_l4_upstream_connect_failures_total", COUNTER, ("listener", "reason"),
            "L4 connections that got no upstream: error, timeout, overflow, "
            "no_healthy_upstream."),
+    # ---- TLS termination, per listener ----
+    Metric("omnirelay_tls_certificate_expiry_timestamp_seconds", GAUGE, ("listener", "file"),
+           "When each certificate (or the earliest of a CA bundle) a TLS listener relies on "
+           "expires, as a Unix time.", merge="min"),
+    Metric("omnirelay_tls_handshakes_refused_total", COUNTER, ("listener", "reason"),
+           "TLS handshakes the listener refused: expired (its material is past its "
+           "not-after; fail closed until a reload brings valid files)."),
+    # ---- extensions (Wasm, native, DSL; signed packages) ----
+    Metric("omnirelay_extension_failures_total", COUNTER, ("kind", "extension", "reason"),
+           "Extension failures: a binding's (trap, deadline, memory, exit, host, load; "
+           "step budget, error) and refused packages (unsigned, unknown_key, bad_signature, "
+           "hash_mismatch, unsupported_abi, missing_capability, load_failed, ...)."),
+    Metric("omnirelay_extension_watchdog_trips_total", COUNTER,
+           ("kind", "extension", "watchdog"),
+           "Extension calls stopped by a watchdog: deadline, memory (Wasm), step_budget "
+           "(DSL), call_time (native)."),
+    Metric("omnirelay_extension_reloads_total", COUNTER, ("result",),
+           "Hot reloads after an extension package file changed: applied, or failed (the "
+           "running version kept serving)."),
+    # ---- metrics Wasm plugins define (proxy_define_metric), by the plugin's metric name ----
+    Metric("omnirelay_wasm_plugin_counter_total", COUNTER, ("name",),
+           "Counters defined by Wasm plugins."),
+    Metric("omnirelay_wasm_plugin_gauge", GAUGE, ("name",),
+           "Gauges defined by Wasm plugins (summed over workers)."),
+    Metric("omnirelay_wasm_plugin_histogram_observations_total", COUNTER, ("name",),
+           "Values recorded into histograms defined by Wasm plugins."),
+    Metric("omnirelay_wasm_plugin_histogram_sum_total", COUNTER, ("name",),
+           "Sum of the values recorded into histograms defined by Wasm plugins."),
+    # ---- access logs, per listener ----
+    Metric("omnirelay_access_log_records_total", COUNTER, ("listener", "result"),
+           "Access log records by outcome: written, sampled_out, rate_limited, "
+           "tenant_rate_limited, dropped (writer backlog), write_error."),
     # ---- the process ----
     Metric("omnirelay_config_info", GAUGE, ("version", "epoch"),
            "The active config: 1, labelled with its metadata version and epoch."),

@@ -133,6 +133,7 @@ class Reporter:
     def __init__(self) -> None:
         self.last: dict[tuple[str, tuple[str, ...]], Any] = {}
         self.last_clusters: dict[str, Any] | None = None
+        self.last_extensions: dict[str, Any] | None = None
 
     def delta(self, snap: Mapping[str, Any]) -> dict[str, Any]:
         current = {(name, tuple(labels)): value for name, labels, value in snap["series"]}
@@ -146,4 +147,7 @@ class Reporter:
             out["gone"] = gone
         if snap["clusters"] != self.last_clusters:
             out["clusters"] = self.last_clusters = snap["clusters"]
+        # The process's extension bindings and packages (/extensions), when they changed.
+        if snap.get("extensions") is not None and snap["extensions"] != self.last_extensions:
+            out["extensions"] = self.last_extensions = snap["extensions"]
         return out

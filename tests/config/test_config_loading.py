@@ -82,7 +82,7 @@ def test_docs_examples_load() -> None:
         document = yaml.safe_load(EXAMPLE.read_text())
         spec = document["spec"]
         for key, value in yaml.safe_load(block).items():
-            if key in ("metadata", "rollout", "admin"):
+            if key in ("metadata", "rollout", "admin", "extensions"):
                 document[key] = value
             elif key == "filters":
                 spec["routes"][0]["filters"] = value

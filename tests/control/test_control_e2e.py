@@ -7,19 +7,12 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import socket
 
 import mkharness
 import pytest
-from runtime_harness import RelayProcess, Upstream, poll, request
+from runtime_harness import RelayProcess, Upstream, body_or_status, free_port, poll
 
 from omnirelay.config.signing import Keyring, Signer, TrustedKey
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _doc(version: str, cluster: str, port: int, upstreams: dict[str, int]) -> dict:
@@ -54,13 +47,6 @@ def meshkit(tmp_path):
         server.stop()
 
 
-def _body(url: str) -> str | None:
-    try:
-        status, body = request(url, timeout=2.0)
-    except OSError:
-        return None
-    return body if status == 200 else f"status {status}"
-
 
 def _proxy(endpoints: str, trust: str, lkg: str) -> RelayProcess:
     return RelayProcess("run", "--control-plane", endpoints, "--node-id", "edge-1",
@@ -69,24 +55,24 @@ def _proxy(endpoints: str, trust: str, lkg: str) -> RelayProcess:
 
 
 def test_publish_nack_lkg_and_tampered_lkg(tmp_path, meshkit, upstreams):
-    port = _free_port()
+    port = free_port()
     rogue = Signer.generate()  # MeshKit is switched to it: the node trusts a *different* key
     trust = tmp_path / "trust.json"  # under its id, so its signatures are bad_signature
     Keyring([meshkit.signer.trusted_key(),
              TrustedKey(rogue.key_id, Signer.generate().public_key)]).save(trust)
     lkg_dir = tmp_path / "lkg"
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     endpoints = f"{dead},{meshkit.address}"  # fails over from a dead endpoint
 
     meshkit.publish(_doc("v1", "a", port, upstreams))
     proxy = _proxy(endpoints, str(trust), str(lkg_dir))
     try:
         url = proxy.listeners(timeout=30)["edge"]
-        assert _body(url) == "A"
+        assert body_or_status(url) == "A"
         poll(lambda: meshkit.nodes()["edge-1"].acked_version == "v1", what="ACK of v1")
 
         meshkit.publish(_doc("v2", "b", port, upstreams))
-        poll(lambda: _body(url) == "B", what="routing per v2")
+        poll(lambda: body_or_status(url) == "B", what="routing per v2")
         poll(lambda: meshkit.nodes()["edge-1"].acked_version == "v2", what="ACK of v2")
         record = meshkit.nodes()["edge-1"]
         assert {"api:omnirelay.mesh.v1", "feature:http1"} <= set(record.capabilities)
@@ -101,7 +87,7 @@ def test_publish_nack_lkg_and_tampered_lkg(tmp_path, meshkit, upstreams):
         assert node.nack_code == "bad_signature" and node.acked_version == "v2"
         assert any(e.action == "nack" and "bad_signature" in e.detail
                    for e in meshkit.audit())
-        assert all(_body(url) == "B" for _ in range(5))
+        assert all(body_or_status(url) == "B" for _ in range(5))
     finally:
         assert proxy.stop() == 0, proxy.output()
     meshkit.stop()
@@ -113,7 +99,7 @@ def test_publish_nack_lkg_and_tampered_lkg(tmp_path, meshkit, upstreams):
     proxy = _proxy(endpoints, str(trust), str(lkg_dir))
     try:
         url = proxy.listeners(timeout=30)["edge"]
-        assert _body(url) == "B"
+        assert body_or_status(url) == "B"
         proxy.wait_for("starting from the LKG")
     finally:
         assert proxy.stop() == 0, proxy.output()
@@ -137,7 +123,7 @@ def test_publish_nack_lkg_and_tampered_lkg(tmp_path, meshkit, upstreams):
 def test_no_config_and_no_control_plane_exits(tmp_path):
     trust = tmp_path / "trust.json"
     Keyring([Signer.generate().trusted_key()]).save(trust)
-    proxy = RelayProcess("run", "--control-plane", f"127.0.0.1:{_free_port()}", "--node-id",
+    proxy = RelayProcess("run", "--control-plane", f"127.0.0.1:{free_port()}", "--node-id",
                          "edge-2", "--trust-key", str(trust), "--lkg-dir", str(tmp_path / "lkg"),
                          "--bootstrap-timeout", "1s")
     try:

@@ -167,12 +167,18 @@ async def test_shared_data_tick_queue_metrics_and_resume_from_tick(wasm_module):
         assert second.get("x-other-vm-queue") == "not-found"
         assert int(second.get("x-requests-metric")) == int(first.get("x-requests-metric")) + 1
         assert paused.get("x-resumed-by") == "tick"
+        # The plugin's metrics are in the proxy's metric series, under fixed families.
+        series = {(n, tuple(lb)): v for n, lb, v in relay.telemetry_snapshot()["series"]}
     assert metric("wasm_test.requests")["type"] == "counter"
     assert metric("wasm_test.requests")["value"] >= 3
     assert metric("wasm_test.ticks")["value"] >= 3
     hist = metric("wasm_test.path_len")
     assert hist["type"] == "histogram" and hist["count"] >= 3
     assert hist["sum"] >= len("/one") + len("/two") + len("/paused")
+    assert series[("omnirelay_wasm_plugin_counter_total", ("wasm_test.requests",))] >= 3
+    assert series[("omnirelay_wasm_plugin_histogram_observations_total",
+                   ("wasm_test.path_len",))] >= 3
+    assert series[("omnirelay_wasm_plugin_histogram_sum_total", ("wasm_test.path_len",))] >= 13
 
 
 # ----------------------------------------------------------------------------- watchdogs

@@ -40,9 +40,10 @@ class CA:
         self.cert_file = str(directory / f"{name}.crt")
         pathlib.Path(self.cert_file).write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *sans: str, client: bool = False,
-              expired: bool = False) -> tuple[str, str]:
-        """(cert_file, key_file) for `name`; SANs are DNS names, IPs or spiffe:// URIs."""
+    def issue(self, name: str, *sans: str, client: bool = False, expired: bool = False,
+              lifetime: datetime.timedelta | None = None) -> tuple[str, str]:
+        """(cert_file, key_file) for `name`; SANs are DNS names, IPs or spiffe:// URIs.
+        `lifetime`: valid from now for that long (default: a day, or expired)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         alt: list[x509.GeneralName] = []
@@ -56,6 +57,8 @@ class CA:
                 alt.append(x509.DNSName(san))
         start = now - datetime.timedelta(days=3 if expired else 0, hours=1)
         end = now - datetime.timedelta(days=1) if expired else now + datetime.timedelta(days=1)
+        if lifetime is not None:
+            start, end = now - datetime.timedelta(minutes=1), now + lifetime
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
                    .issuer_name(self.cert.subject).public_key(key.public_key())

@@ -153,13 +153,21 @@ async def test_reload_with_an_expired_certificate_is_rejected_and_the_old_one_se
 
 
 def test_near_expiry_is_a_warning(ca, caplog):
-    cert = issue(ca, "soon", "localhost", valid_for=datetime.timedelta(days=3))
+    # A 90-day certificate with 3 days left warns (within 7 days of the end) ...
+    cert = issue(ca, "soon", "localhost", valid_from=datetime.timedelta(days=-87),
+                 valid_for=datetime.timedelta(days=90))
     caplog.set_level(logging.WARNING, logger="omnirelay.tls")
     omnirelay.Relay(make_config(1, **listener_tls(cert)))
     [msg] = [r.getMessage() for r in caplog.records if r.name == "omnirelay.tls"]
     assert msg.startswith(f"spec.listeners[0].tls.cert_file: {cert[0]}: the certificate "
                           "(CN=soon) expires on ")
     assert "in 3 d" in msg or "in 2 d" in msg
+    # ... a fresh day-long SVID does not (only in the last quarter of its lifetime).
+    caplog.clear()
+    svid = issue(ca, "svid", "localhost", valid_from=datetime.timedelta(minutes=-1),
+                 valid_for=datetime.timedelta(hours=24))
+    omnirelay.Relay(make_config(1, **listener_tls(svid)))
+    assert not [r for r in caplog.records if r.name == "omnirelay.tls"]
 
 
 # ---- rotation under traffic ---------------------------------------------------------------

@@ -28,6 +28,18 @@ def meshkit(tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory):
+    """A real etcd (Debian's etcd-server) for the session; tests use distinct key prefixes."""
+    from etcd_fixture import EtcdServer
+
+    server = EtcdServer(tmp_path_factory.mktemp("etcd")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def fresh_meshkit(tmp_path):
     """A MeshKit process of its own, for tests that signal or stop it."""

@@ -73,6 +73,8 @@ class MeshKitProcess:
         self.read_token = add_token(self.tokens_path, "viewer", "read")
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
+        self.extra_args: list[str] = []  # more `meshkit serve` options
+        self.http_address = ""  # with `--http-listen`: the JSON/HTTP API's HOST:PORT
         self._channel: grpc.Channel | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -82,7 +84,7 @@ class MeshKitProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "meshkit", "serve", "--db", str(self.db_path),
                  "--signing-key", str(self.key_path), "--tokens-file", str(self.tokens_path),
-                 "--listen", f"{HOST}:0", "--log-level", "debug"],
+                 "--listen", f"{HOST}:0", "--log-level", "debug", *self.extra_args],
                 stdout=subprocess.PIPE, stderr=log, env=_env(), cwd=self.workdir,
             )
         line = _readline(self.proc, START_TIMEOUT)
@@ -90,6 +92,12 @@ class MeshKitProcess:
             self.kill()
             raise AssertionError(f"meshkit did not start: {line!r}\n{self.log()}")
         self.address = line.split("listening on ", 1)[1].split()[0]
+        if "--http-listen" in self.extra_args:
+            line = _readline(self.proc, START_TIMEOUT)
+            if "http api on" not in line:
+                self.kill()
+                raise AssertionError(f"meshkit did not serve HTTP: {line!r}\n{self.log()}")
+            self.http_address = line.split("http api on ", 1)[1].split()[0]
         return self
 
     def log(self) -> str:

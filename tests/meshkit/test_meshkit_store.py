@@ -1,12 +1,29 @@
-"""meshkit.store.SqliteStore: revisions, compare-and-swap, watch, append-only audit log."""
+"""The store interface on both backends (SqliteStore, EtcdStore on a real etcd): revisions,
+compare-and-swap, watch, append-only audit log."""
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 
 import pytest
 
 from meshkit.store import RevisionConflict, SqliteStore
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def open_store(request, tmp_path):
+    """open_store(name, **kw): a store of this backend; the same name is the same data (the
+    same SQLite file, the same etcd prefix), as another process would see it."""
+    namespace = uuid.uuid4().hex
+    if request.param == "etcd":
+        from meshkit.store.etcd import EtcdStore
+
+        endpoint = request.getfixturevalue("etcd").endpoint
+        return lambda name="s", poll_interval=None, **kw: EtcdStore(
+            [endpoint], f"/test/{namespace}/{name}", **kw)
+    return lambda name="s", poll_interval=0.5, **kw: SqliteStore(
+        tmp_path / f"{name}.db", poll_interval=poll_interval, **kw)
 
 
 def _put(store, scope, doc, expected, actor="alice", version="v", epoch=1):
@@ -14,54 +31,59 @@ def _put(store, scope, doc, expected, actor="alice", version="v", epoch=1):
                      epoch=epoch, sha256="0" * 64, detail="why")
 
 
-async def test_revisions_and_compare_and_swap(tmp_path):
-    store = SqliteStore(tmp_path / "s.db")
+async def test_revisions_and_compare_and_swap(open_store):
+    # SQLite counts writes (1, 2, 3); etcd's revision also counts audit entries, so only the
+    # order of revisions is common to both.
+    store = open_store()
     try:
         assert await store.get("global", actor="bob") is None
         first = await _put(store, "global", b"{1}", 0)
-        assert first.revision == 1
+        assert first.revision >= 1
         other = await _put(store, "region/eu", b"{2}", 0)
-        assert other.revision == 2  # one store-wide counter
-        second = await _put(store, "global", b"{3}", 1, version="v2", epoch=2)
-        assert second.revision == 3
+        assert other.revision > first.revision  # one store-wide counter
+        second = await _put(store, "global", b"{3}", first.revision, version="v2", epoch=2)
+        assert second.revision > other.revision
         got = await store.get("global", actor="bob")
         assert (got.revision, got.document, got.version, got.epoch, got.actor) == (
-            3, b"{3}", "v2", 2, "alice")
+            second.revision, b"{3}", "v2", 2, "alice")
 
         with pytest.raises(RevisionConflict) as info:
-            await _put(store, "global", b"{4}", 1, actor="mallory")
-        assert (info.value.expected, info.value.actual) == (1, 3)
-        assert "expected it at revision 1, but it is at revision 3" in str(info.value)
+            await _put(store, "global", b"{4}", first.revision, actor="mallory")
+        assert (info.value.expected, info.value.actual) == (first.revision, second.revision)
+        assert (f"expected it at revision {first.revision}, but it is at revision "
+                f"{second.revision}") in str(info.value)
         with pytest.raises(RevisionConflict, match="expected it to be empty"):
             await _put(store, "region/eu", b"{5}", 0)
         with pytest.raises(RevisionConflict, match="but it has no document"):
             await _put(store, "tenant/x", b"{6}", 7)
         assert (await store.get("global", actor="bob")).document == b"{3}"
-        assert await store.revision() == 3
+        assert await store.revision() == second.revision
         states, revision = await store.current(actor="meshkit")
-        assert revision == 3
-        assert [(s.scope, s.revision) for s in states] == [("global", 3), ("region/eu", 2)]
+        assert revision >= second.revision  # a watch from it misses nothing
+        assert [(s.scope, s.revision) for s in states] == [
+            ("global", second.revision), ("region/eu", other.revision)]
     finally:
         await store.close()
 
 
-async def test_audit_log_records_every_mutation_refusal_and_read(tmp_path):
+async def test_audit_log_records_every_mutation_refusal_and_read(open_store, tmp_path):
     times = iter(range(1000, 2000))
-    store = SqliteStore(tmp_path / "s.db", clock=lambda: float(next(times)))
+    store = open_store(clock=lambda: float(next(times)))
     try:
-        await _put(store, "global", b"{}", 0, actor="alice")
+        rev = (await _put(store, "global", b"{}", 0, actor="alice")).revision
         await store.get("global", actor="bob")
         with pytest.raises(RevisionConflict):
             await _put(store, "global", b"{}", 0, actor="mallory")
-        await store.append_audit(actor="node:n1", action="nack", scope="global", revision=1,
+        await store.append_audit(actor="node:n1", action="nack", scope="global", revision=rev,
                                  detail="bad_signature: ...")
         log = await store.audit_log()
         assert [(e.actor, e.action, e.scope, e.revision) for e in log] == [
-            ("alice", "write", "global", 1),
-            ("bob", "read", "global", 1),
-            ("mallory", "conflict", "global", 1),
-            ("node:n1", "nack", "global", 1),
+            ("alice", "write", "global", rev),
+            ("bob", "read", "global", rev),
+            ("mallory", "conflict", "global", rev),
+            ("node:n1", "nack", "global", rev),
         ]
+        assert [e.id for e in log] == sorted({e.id for e in log})  # unique, in order
         assert all(e.timestamp >= 1000 for e in log)
         assert log[0].detail == "why" and log[2].detail == "expected revision 0"
         assert [e.action for e in await store.audit_log(limit=2)] == ["conflict", "nack"]
@@ -70,6 +92,8 @@ async def test_audit_log_records_every_mutation_refusal_and_read(tmp_path):
         assert await store.audit_log(scope="region/x") == []
     finally:
         await store.close()
+    if not isinstance(store, SqliteStore):
+        return  # etcd: test_meshkit_etcd.py checks that no entry is ever rewritten
 
     # Append-only, enforced by the database itself.
     conn = sqlite3.connect(tmp_path / "s.db")
@@ -80,39 +104,44 @@ async def test_audit_log_records_every_mutation_refusal_and_read(tmp_path):
     conn.close()
 
 
-async def test_data_survives_reopen_and_wal_is_on(tmp_path):
-    store = SqliteStore(tmp_path / "s.db")
-    await _put(store, "global", b"{}", 0)
+async def test_data_survives_reopen_and_wal_is_on(open_store, tmp_path):
+    store = open_store()
+    first = await _put(store, "global", b"{}", 0)
     await store.close()
-    store = SqliteStore(tmp_path / "s.db")
+    store = open_store()
     try:
-        assert (await store.get("global", actor="x")).revision == 1
-        assert (await _put(store, "global", b"{1}", 1)).revision == 2
+        assert (await store.get("global", actor="x")).revision == first.revision
+        assert (await _put(store, "global", b"{1}", first.revision)).revision > first.revision
     finally:
         await store.close()
+    if not isinstance(store, SqliteStore):
+        return
     conn = sqlite3.connect(tmp_path / "s.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
 
-async def test_watch_yields_writes_in_order_including_other_writers(tmp_path):
-    store = SqliteStore(tmp_path / "s.db", poll_interval=0.05)
-    other = SqliteStore(tmp_path / "s.db")  # another process's connection to the same file
+async def test_watch_yields_writes_in_order_including_other_writers(open_store):
+    store = open_store(poll_interval=0.05)
+    other = open_store()  # another process's connection to the same file or etcd prefix
     try:
-        await _put(store, "global", b"{1}", 0)
+        r1 = (await _put(store, "global", b"{1}", 0)).revision
         seen = []
 
         async def follow():
-            async for stored in store.watch(after_revision=0):
+            # From just before r1 (etcd is shared by the session's tests, and its history
+            # before some test's compaction is gone).
+            async for stored in store.watch(after_revision=r1 - 1):
                 seen.append((stored.scope, stored.revision, stored.document))
                 if len(seen) == 3:
                     return
 
         task = asyncio.ensure_future(follow())
-        await _put(store, "global", b"{2}", 1)
-        await _put(other, "tenant/t", b"{3}", 0)  # found by polling
+        r2 = (await _put(store, "global", b"{2}", r1)).revision
+        r3 = (await _put(other, "tenant/t", b"{3}", 0)).revision  # SQLite: found by polling
         await asyncio.wait_for(task, 5)
-        assert seen == [("global", 1, b"{1}"), ("global", 2, b"{2}"), ("tenant/t", 3, b"{3}")]
+        assert seen == [("global", r1, b"{1}"), ("global", r2, b"{2}"),
+                        ("tenant/t", r3, b"{3}")]
     finally:
         await store.close()
         await other.close()

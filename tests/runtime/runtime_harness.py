@@ -5,6 +5,7 @@ import http.client
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -165,6 +166,22 @@ def request(url: str, path: str = "/", headers: dict | None = None, timeout: flo
     finally:
         if own:
             conn.close()
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for configs that need a fixed one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def body_or_status(url: str) -> str | None:
+    """The body of a 200 from `url`, "status N" for another status, None when unreachable."""
+    try:
+        status, body = request(url, timeout=2.0)
+    except OSError:
+        return None
+    return body if status == 200 else f"status {status}"
 
 
 def poll(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):

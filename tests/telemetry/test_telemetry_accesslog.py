@@ -114,3 +114,63 @@ def test_compiled_json_batch_matches_the_python_formatter() -> None:
         assert out == (f.line(1e9 + 0.5, rec) + "\n") * 2
         assert json.loads(out.splitlines()[0]) == record_fields(1e9 + 0.5, rec)
     assert not Formatter(fields=["status"]).compiled and not Formatter("text").compiled
+
+
+class TenantStream(FakeStream):
+    """A finished request from `tenant` (None: no tenant header), headers in the core's
+    own HeaderMap."""
+
+    def __init__(self, tenant: str | None) -> None:
+        super().__init__()
+        from omnirelay._core import HeaderMap
+        self.request_headers = HeaderMap()
+        if tenant is not None:
+            self.request_headers.add("X-Tenant", tenant)
+
+
+async def test_per_tenant_limit_keeps_one_tenant_from_using_the_listener_budget(
+        tmp_path: Path) -> None:
+    lg = AccessLogger(AccessLog(path=str(tmp_path / "t.log"), max_per_second=50,
+                                tenant_header="x-tenant", tenant_max_per_second=5))
+    noisy, quiet, anon = TenantStream("noisy"), TenantStream("quiet"), TenantStream(None)
+    for _ in range(100):
+        lg(noisy)
+    for _ in range(3):
+        lg(quiet)
+    for _ in range(10):
+        lg(anon)
+    # burst of one second's worth each; the tests run well within a second of refill
+    assert noisy.reads in (5, 6) and quiet.reads == 3 and anon.reads in (5, 6)
+    assert lg.dropped_tenant_rate_limit == 113 - noisy.reads - quiet.reads - anon.reads
+    assert lg.dropped_rate_limit == 0  # the flood never reached the listener-wide bucket
+    assert lg.stats()["dropped_tenant_rate_limit"] == lg.dropped_tenant_rate_limit
+    lg.close()
+
+
+async def test_tenant_buckets_are_bounded(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(accesslog, "MAX_TENANTS", 8)
+    lg = AccessLogger(AccessLog(path=str(tmp_path / "b.log"), tenant_header="x-tenant",
+                                tenant_max_per_second=1))
+    streams = [TenantStream(f"t{i}") for i in range(50)]
+    for s in streams:
+        lg(s)
+    assert len(lg.tenants) <= 8 + 1  # the buckets plus the shared overflow one
+    assert accesslog.OVERFLOW_TENANT in lg.tenants
+    # the first 8 tenants got their own token, the other 42 shared one overflow token
+    assert sum(s.reads for s in streams) == 8 + 1
+    lg(TenantStream("x" * 10_000))  # a huge value is cut to MAX_TENANT_KEY characters
+    assert all(len(k) <= accesslog.MAX_TENANT_KEY for k in lg.tenants)
+    lg.close()
+
+
+def test_access_log_series_name_every_outcome(tmp_path: Path) -> None:
+    from omnirelay.telemetry.metrics import BY_NAME
+    lg = AccessLogger(AccessLog(path=str(tmp_path / "m.log"), sample=0.0))
+    lg(FakeStream())
+    series = accesslog.access_log_series({"edge": lg})
+    got = {labels[1]: value for name, labels, value in series
+           if name == "omnirelay_access_log_records_total" and labels[0] == "edge"}
+    assert got == {"written": 0, "sampled_out": 1, "rate_limited": 0,
+                   "tenant_rate_limited": 0, "dropped": 0, "write_error": 0}
+    assert all(name in BY_NAME for name, _, _ in series)
+    lg.close()

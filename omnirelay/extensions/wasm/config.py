@@ -22,8 +22,9 @@ MAX_DEADLINE = 60.0
 MIN_MEMORY_LIMIT = 64 << 10  # one Wasm page
 
 KEYS = ("callback_deadline", "configuration", "environment", "failure_policy", "memory_limit",
-        "name", "path", "reload_fallback", "root_id", "sha256", "start_deadline",
+        "name", "package", "path", "reload_fallback", "root_id", "sha256", "start_deadline",
         "vm_configuration", "vm_id")
+PACKAGE_SUFFIX = ".orpkg"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -43,6 +44,9 @@ class PluginConfig:
     start_deadline: float = DEFAULT_START_DEADLINE
     environment: tuple[tuple[str, str], ...] = ()
     sha256: str | None = None
+    # A signed extension package (omnirelay.extensions.packages) instead of `path`; `path`
+    # then holds the same file name.
+    package: str | None = None
 
     @property
     def fallback(self) -> str:
@@ -99,12 +103,18 @@ def parse_plugin_config(config: Mapping | None) -> PluginConfig:
     unknown = sorted(str(k) for k in set(config) - set(KEYS))
     if unknown:
         raise ValueError(f"unknown keys {unknown} (known: {list(KEYS)})")
-    if "path" not in config:
-        raise ValueError("path is required (a .wasm or .wat file)")
-    path = _string(config, "path")
+    if "path" in config and "package" in config:
+        raise ValueError("give path or package, not both")
+    if "path" not in config and "package" not in config:
+        raise ValueError("path is required (a .wasm or .wat file), or package (a signed "
+                         "extension package)")
+    key = "path" if "path" in config else "package"
+    path = _string(config, key)
     if not path:
-        raise ValueError("path must not be empty")
-    name = _string(config, "name", "") or os.path.splitext(os.path.basename(path))[0]
+        raise ValueError(f"{key} must not be empty")
+    base = os.path.basename(path)
+    name = _string(config, "name", "") or (
+        base.removesuffix(PACKAGE_SUFFIX) if key == "package" else os.path.splitext(base)[0])
     policy = _string(config, "failure_policy", "fail_closed")
     if policy not in POLICIES:
         raise ValueError(f"failure_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
@@ -146,4 +156,5 @@ def parse_plugin_config(config: Mapping | None) -> PluginConfig:
         start_deadline=_duration(config, "start_deadline", DEFAULT_START_DEADLINE),
         environment=tuple(environment),
         sha256=digest,
+        package=path if key == "package" else None,
     )

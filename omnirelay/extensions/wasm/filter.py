@@ -6,6 +6,7 @@ layer never imports the extension hosts (ARCHITECTURE.md layering).
 config (see docs/extensions.md)::
 
     path: /etc/omnirelay/plugins/auth.wasm   # .wasm, or WebAssembly text (.wat)
+    # package: /etc/omnirelay/ext/auth.orpkg  # or a signed extension package instead
     configuration: '{"header": "x-token"}'   # plugin configuration (proxy_on_configure)
     root_id: auth                             # optional
     vm_id: edge                               # optional; scopes shared data and queues

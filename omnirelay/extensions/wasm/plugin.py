@@ -22,28 +22,43 @@ import time
 import weakref
 from collections.abc import Callable
 
+from omnirelay.extensions.packages import loading
 from omnirelay.extensions.wasm import runtime
 from omnirelay.extensions.wasm.config import PluginConfig
 from omnirelay.extensions.wasm.errors import GuestFailure, WasmLoadError
 from omnirelay.extensions.wasm.shared import BindingStatus, register_status
 from omnirelay.extensions.wasm.vm import WasmVM
+from omnirelay.security.upstream import FetchError, call_cluster, find_cluster
 
 log = logging.getLogger("omnirelay.wasm")
 
 MAX_RELOAD_BACKOFF = 30.0
 FIRST_BACKOFF = 0.1
 STABLE_AFTER = 10.0  # a VM that lived this long resets the back-off
+MAX_CALLOUT_BODY = 1 << 20  # a callout response body larger than this is a failed call
 
 _PLUGINS: weakref.WeakValueDictionary[tuple, WasmPlugin] = weakref.WeakValueDictionary()
 
 
 def get_plugin(cfg: PluginConfig, binding: str = "") -> WasmPlugin:
     """The binding for this config entry: shared with an unchanged entry of a previous
-    config load, new otherwise. Raises WasmLoadError (a ValueError)."""
-    wasm = runtime.load_bytes(cfg.path)
+    config load, new otherwise. Raises WasmLoadError or PackageError (ValueErrors).
+
+    With ``package:`` the module is the payload of a signed extension package, verified
+    first (omnirelay.extensions.packages); a payload that fails to load is recorded as the
+    package's failure."""
+    if cfg.package is not None:
+        with loading(cfg.package, "wasm", binding=binding) as pkg:
+            return _plugin(cfg, pkg.payload, binding)
+    return _plugin(cfg, runtime.load_bytes(cfg.path), binding)
+
+
+def _plugin(cfg: PluginConfig, wasm: bytes, binding: str) -> WasmPlugin:
     digest = hashlib.sha256(wasm).hexdigest()
     if cfg.sha256 is not None and cfg.sha256 != digest:
         raise WasmLoadError(f"{cfg.path}: sha256 is {digest}, the config pins {cfg.sha256}")
+    if cfg.package is not None and not wasm.startswith(b"\0asm"):
+        raise WasmLoadError(f"{cfg.path}: the payload is not a Wasm binary")
     if binding:
         key = (cfg, binding, digest)
         plugin = _PLUGINS.get(key)
@@ -72,6 +87,7 @@ class WasmPlugin:
         self._reload_handle: asyncio.TimerHandle | None = None
         self._streak = 0
         self._vm_started = 0.0
+        self._calls: set[asyncio.Task] = set()
         self.vm = self._new_vm()
         self.exports = self.vm.exports
         self.status.state = "running"
@@ -152,6 +168,8 @@ class WasmPlugin:
         self._arm_tick()
 
     def close(self) -> None:
+        for task in list(self._calls):
+            task.cancel()
         self._cancel_tick()
         if self._reload_handle is not None:
             self._reload_handle.cancel()
@@ -205,6 +223,38 @@ class WasmPlugin:
     def queue_ready(self, vm: WasmVM, qid: int) -> None:
         self.defer(lambda: vm.queue_ready(qid) if vm is self.vm else None)
 
+    def http_call(self, vm: WasmVM, token: int, cluster: str, method: str, path: str,
+                  headers: list[tuple[str, str]], body: bytes, timeout: float) -> bool:
+        """Start a callout (from the VM's host function); False when it cannot be made."""
+        if find_cluster(cluster) is None:
+            log.warning("wasm plugin %s: HTTP callout to unknown cluster %r", self.cfg.name,
+                        cluster)
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        task = loop.create_task(self._callout(vm, token, cluster, method, path, headers, body,
+                                              timeout))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+        return True
+
+    async def _callout(self, vm: WasmVM, token: int, cluster: str, method: str, path: str,
+                       headers: list[tuple[str, str]], body: bytes, timeout: float) -> None:
+        self.status.callouts += 1
+        try:
+            status, rheaders, rbody = await call_cluster(cluster, method, path, headers, body,
+                                                         timeout=timeout,
+                                                         limit=MAX_CALLOUT_BODY)
+        except FetchError as e:
+            self.status.callout_failures += 1
+            log.warning("wasm plugin %s: HTTP callout to %s failed: %s", self.cfg.name,
+                        cluster, e)
+            status, rheaders, rbody = 0, [], b""
+        if vm is self.vm and not vm.dead:
+            self._run_deferred(lambda: vm.http_call_response(token, status, rheaders, rbody))
+
     def defer(self, fn: Callable[[], object]) -> None:
         try:
             loop = asyncio.get_running_loop()
@@ -243,6 +293,10 @@ class _Events:
         p = self._ref()
         if p is not None:
             p.defer(fn)
+
+    def http_call(self, vm: WasmVM, *args) -> bool:
+        p = self._ref()
+        return p is not None and p.http_call(vm, *args)
 
 
 def _call_if_alive(ref: weakref.ref, method: str, *args) -> None:

@@ -226,6 +226,8 @@ class BindingStatus:
     requests: int = 0
     fallback_requests: int = 0
     failures_by_kind: dict[str, int] = field(default_factory=dict)
+    callouts: int = 0  # HTTP callouts started
+    callout_failures: int = 0  # ... that got no response (connect error, timeout, ...)
 
     def record_failure(self, kind: str, message: str) -> None:
         self.failures += 1
@@ -241,7 +243,8 @@ class BindingStatus:
             "failures": self.failures, "failures_by_kind": dict(self.failures_by_kind),
             "reloads": self.reloads, "last_error": self.last_error,
             "last_failure_at": self.last_failure_at, "requests": self.requests,
-            "fallback_requests": self.fallback_requests,
+            "fallback_requests": self.fallback_requests, "callouts": self.callouts,
+            "callout_failures": self.callout_failures,
         }
 
 
@@ -259,6 +262,23 @@ def binding_statuses() -> list[dict[str, Any]]:
     """The status of every live Wasm plugin binding of this process (for the admin API)."""
     return sorted((s.snapshot() for s in list(_STATUSES)),
                   key=lambda d: (d["binding"], d["plugin"]))
+
+
+def metric_series() -> list[tuple[str, tuple[str, ...], int]]:
+    """The plugin-defined metrics as series of the fixed families in telemetry.metrics (a
+    plugin's metric name is a label value: the exported names stay a closed, documented
+    set). Histograms export their observation count and sum."""
+    out: list[tuple[str, tuple[str, ...], int]] = []
+    for m in METRICS.snapshot():
+        if m["type"] == "counter":
+            out.append(("omnirelay_wasm_plugin_counter_total", (m["name"],), m["value"]))
+        elif m["type"] == "gauge":
+            out.append(("omnirelay_wasm_plugin_gauge", (m["name"],), m["value"]))
+        else:
+            out.append(("omnirelay_wasm_plugin_histogram_observations_total", (m["name"],),
+                        m["count"]))
+            out.append(("omnirelay_wasm_plugin_histogram_sum_total", (m["name"],), m["sum"]))
+    return out
 
 
 def metrics_snapshot() -> list[dict[str, Any]]:

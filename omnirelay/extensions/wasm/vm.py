@@ -51,6 +51,26 @@ CALLBACKS = (
 
 _PSEUDO_REQUEST = (b":authority", b":path", b":method", b":scheme")
 
+MAX_CALLS_IN_FLIGHT = 1024  # per VM
+DEFAULT_CALL_TIMEOUT = 5.0  # seconds, when the guest gives 0
+
+
+class _CallMap:
+    """A callout response's headers or trailers, read-only, shaped like the HeaderMap
+    methods the header-map host functions read."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        self.pairs = pairs
+
+    def raw_items(self) -> list[tuple[bytes, bytes]]:
+        return list(self.pairs)
+
+    def getall(self, key: bytes) -> list[str]:
+        k = key.lower()
+        return [v.decode("latin-1") for n, v in self.pairs if n.lower() == k]
+
 
 class StreamContext:
     """The host's side of one Proxy-Wasm context (a stream, or the root with stream None).
@@ -94,6 +114,11 @@ class WasmVM:
         self.contexts: dict[int, StreamContext] = {}
         self._next_id = ROOT_CONTEXT_ID + 1
         self._pending_done: dict[int, StreamContext] = {}
+        # HTTP callouts in flight: token -> id of the context that made the call; and the
+        # response being handed to proxy_on_http_call_response (headers, body, trailers).
+        self.calls: dict[int, int] = {}
+        self._next_token = 1
+        self._call_response: tuple[_CallMap, bytes, _CallMap] | None = None
         self._failure: GuestFailure | None = None
         self._starting = False
         self._orphans: list = []
@@ -352,6 +377,28 @@ class WasmVM:
             ctx.stream = ctx.owner = None
             ctx.body = b""
 
+    def http_call_response(self, token: int, status: int, headers: list[tuple[str, str]],
+                           body: bytes) -> None:
+        """Deliver a callout's outcome: status 0 (and nothing else) when it failed. The
+        calling stream's context may be gone; then the response is dropped, as the call
+        ended with its stream."""
+        cid = self.calls.pop(token, None)
+        ctx = self.contexts.get(cid) if cid is not None else None
+        fn = self.f.get("proxy_on_http_call_response")
+        if ctx is None or fn is None or self.dead:
+            return
+        pairs = [(b":status", str(status).encode())] if status else []
+        pairs += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        head = _CallMap(pairs)
+        self._call_response = (head, body, _CallMap([]))
+        try:
+            # Called with the root context's id, as Envoy does (a call belongs to the
+            # root context; SDKs dispatch on it), the calling stream being the effective
+            # context, so header and reply calls made here act on that stream.
+            self._call(ctx, fn, ROOT_CONTEXT_ID, token, len(pairs), len(body), 0)
+        finally:
+            self._call_response = None
+
     def tick(self) -> None:
         fn = self.f.get("proxy_on_tick")
         if fn is not None:
@@ -460,6 +507,8 @@ class WasmVM:
             return self.cfg.configuration
         if btype == abi.VM_CONFIGURATION:
             return self.cfg.vm_configuration
+        if btype == abi.HTTP_CALL_RESPONSE_BODY and self._call_response is not None:
+            return self._call_response[1]
         return None
 
     def h_get_buffer_bytes(self, btype: int, start: int, max_size: int, ret_ptr: int,
@@ -507,6 +556,11 @@ class WasmVM:
         stream = ctx.stream
         if mtype > abi.HTTP_CALL_RESPONSE_TRAILERS:
             raise KeyError(mtype)
+        if mtype in (abi.HTTP_CALL_RESPONSE_HEADERS, abi.HTTP_CALL_RESPONSE_TRAILERS):
+            resp = self._call_response
+            if resp is None:
+                return None, False, False
+            return (resp[0] if mtype == abi.HTTP_CALL_RESPONSE_HEADERS else resp[2]), False, False
         if stream is None:
             return None, False, False
         if mtype == abi.HTTP_REQUEST_HEADERS:
@@ -575,7 +629,7 @@ class WasmVM:
         if headers is None:
             return abi.NOT_FOUND
         key = self.read(kptr, klen)
-        if key[:1] == b":":
+        if key[:1] == b":" and not isinstance(headers, _CallMap):
             value = self._pseudo(key.lower(), req, resp)
             if value is None:
                 return abi.NOT_FOUND
@@ -593,6 +647,8 @@ class WasmVM:
             return abi.BAD_ARGUMENT
         if headers is None:
             return abi.NOT_FOUND
+        if isinstance(headers, _CallMap):
+            return abi.BAD_ARGUMENT  # a callout's response is read-only
         if key[:1] == b":":
             return self._edit_pseudo(key.lower(), op, value, req)
         try:
@@ -640,6 +696,8 @@ class WasmVM:
             return abi.BAD_ARGUMENT
         if headers is None:
             return abi.NOT_FOUND
+        if isinstance(headers, _CallMap):
+            return abi.BAD_ARGUMENT
         try:
             pairs = abi.deserialize_map(self.read(ptr, size))
         except abi.SerializationError:
@@ -744,6 +802,38 @@ class WasmVM:
         return abi.OK
 
     def h_clear_route_cache(self) -> int:
+        return abi.OK
+
+    # ------------------------------------------------------------------ host: HTTP callouts
+
+    def h_http_call(self, uptr: int, ulen: int, hptr: int, hlen: int, bptr: int, blen: int,
+                    tptr: int, tlen: int, timeout_ms: int, token_ptr: int) -> int:
+        """Dispatch a request to a cluster of the proxy's config (`upstream` is its name);
+        the response arrives later in proxy_on_http_call_response on the calling context."""
+        upstream = self.read(uptr, ulen).decode("utf-8", "replace")
+        try:
+            pairs = abi.deserialize_map(self.read(hptr, hlen))
+            abi.deserialize_map(self.read(tptr, tlen))  # trailers: checked, not sent (HTTP/1.1)
+        except abi.SerializationError:
+            return abi.BAD_ARGUMENT
+        pseudo = {k.lower(): v for k, v in pairs if k[:1] == b":"}
+        method, path = pseudo.get(b":method"), pseudo.get(b":path")
+        authority = pseudo.get(b":authority") or upstream.encode()
+        if not method or not path or not path.startswith(b"/"):
+            return abi.BAD_ARGUMENT  # :method and :path are required (as in Envoy)
+        if len(self.calls) >= MAX_CALLS_IN_FLIGHT:
+            return abi.INTERNAL_FAILURE
+        headers = [("host", authority.decode("latin-1"))]
+        headers += [(k.decode("latin-1"), v.decode("latin-1")) for k, v in pairs
+                    if k[:1] != b":" and k.lower() != b"host"]
+        token = self._next_token
+        self._next_token = token + 1 if token < 0x7FFFFFFF else 1
+        if not self.events.http_call(self, token, upstream, method.decode("latin-1"),
+                                     path.decode("latin-1"), headers, self.read(bptr, blen),
+                                     timeout_ms / 1000 if timeout_ms else DEFAULT_CALL_TIMEOUT):
+            return abi.BAD_ARGUMENT  # no such cluster, or no event loop to run it
+        self.calls[token] = self.cur.id
+        self.write_u32(token_ptr, token)
         return abi.OK
 
     # ------------------------------------------------------------------ host: properties
@@ -1065,8 +1155,8 @@ for _name, _params, _method in (
     ("proxy_close_stream", "i", "h_close_stream"),
     ("proxy_get_status", "iii", "h_get_status"),
     ("proxy_send_local_response", "iiiiiiii", "h_send_local_response"),
-    ("proxy_http_call", "iiiiiiiiii", "h_unimplemented"),
-    ("proxy_dispatch_http_call", "iiiiiiiiii", "h_unimplemented"),
+    ("proxy_http_call", "iiiiiiiiii", "h_http_call"),
+    ("proxy_dispatch_http_call", "iiiiiiiiii", "h_http_call"),
     ("proxy_grpc_call", "iiiiiiiiiiii", "h_unimplemented"),
     ("proxy_grpc_stream", "iiiiiiiii", "h_unimplemented"),
     ("proxy_grpc_send", "iiii", "h_unimplemented"),
@@ -1119,6 +1209,13 @@ for _name, _params, _method, _results in (
     ("poll_oneoff", "iiii", "w_poll_oneoff", "i"),
 ):
     _wasi(_name, _params, _method, _results)
+
+# Older toolchains (e.g. AssemblyScript's proxy-runtime SDK) import WASI under its pre-snapshot
+# name; Envoy's host answers these under both names, and their signatures, errno values and
+# (for what these shims do) semantics are the same in both snapshots.
+for _name in ("fd_write", "fd_read", "fd_seek", "fd_close", "fd_fdstat_get", "environ_get",
+              "environ_sizes_get", "args_get", "args_sizes_get", "proc_exit"):
+    _HOST[("wasi_unstable", _name)] = _HOST[("wasi_snapshot_preview1", _name)]
 
 
 del _name, _params, _method, _results

@@ -121,7 +121,8 @@
     (call $expect (call $continue_stream (i32.const 9)) (i32.const 2) (i32.const 36))
     (call $expect (call $continue_stream (i32.const 2)) (i32.const 12) (i32.const 37))
     (call $expect (call $local_response (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)) (i32.const 1) (i32.const 38))
-    (call $expect (call $http_call (i32.const 352) (i32.const 2) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 8)) (i32.const 12) (i32.const 39))
+    ;; a callout without :method and :path is a bad argument
+    (call $expect (call $http_call (i32.const 352) (i32.const 2) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 8)) (i32.const 2) (i32.const 39))
     (call $expect (call $set_effective (i32.const 12345)) (i32.const 2) (i32.const 40))
     (call $expect (call $done) (i32.const 1) (i32.const 41))
     (call $expect (call $get_header (i32.const 0) (i32.const 328) (i32.const 3) (i32.const 8) (i32.const 12)) (i32.const 1) (i32.const 42))

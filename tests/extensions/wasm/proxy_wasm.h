@@ -15,7 +15,9 @@ enum { OK = 0, NOT_FOUND = 1, BAD_ARGUMENT = 2, CAS_MISMATCH = 8, EMPTY = 7 };
 enum { CONTINUE = 0, PAUSE = 1 };
 enum { LOG_TRACE, LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_CRITICAL };
 enum { REQUEST_HEADERS = 0, REQUEST_TRAILERS = 1, RESPONSE_HEADERS = 2, RESPONSE_TRAILERS = 3 };
-enum { REQUEST_BODY = 0, RESPONSE_BODY = 1, VM_CONFIGURATION = 6, PLUGIN_CONFIGURATION = 7 };
+enum { HTTP_CALL_RESPONSE_HEADERS = 6, HTTP_CALL_RESPONSE_TRAILERS = 7 };
+enum { REQUEST_BODY = 0, RESPONSE_BODY = 1, HTTP_CALL_RESPONSE_BODY = 4, VM_CONFIGURATION = 6,
+       PLUGIN_CONFIGURATION = 7 };
 enum { COUNTER = 0, GAUGE = 1, HISTOGRAM = 2 };
 
 IMPORT(proxy_log) int proxy_log(int level, const char *msg, size_t len);
@@ -58,6 +60,10 @@ IMPORT(proxy_dequeue_shared_queue) int proxy_dequeue_shared_queue(uint32_t id, c
                                                                   size_t *len);
 IMPORT(proxy_set_effective_context) int proxy_set_effective_context(uint32_t id);
 IMPORT(proxy_continue_stream) int proxy_continue_stream(int type);
+IMPORT(proxy_http_call) int proxy_http_call(const char *upstream, size_t ulen,
+                                            const char *headers, size_t hlen, const char *body,
+                                            size_t blen, const char *trailers, size_t tlen,
+                                            uint32_t timeout_ms, uint32_t *token);
 IMPORT(proxy_define_metric) int proxy_define_metric(int type, const char *name, size_t len,
                                                     uint32_t *id);
 IMPORT(proxy_increment_metric) int proxy_increment_metric(uint32_t id, int64_t delta);
