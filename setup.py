@@ -12,11 +12,13 @@ import tarfile
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 LLHTTP_VERSION = "9.3.0.0"
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEPS = os.path.join(HERE, "build", "_deps")
 LLHTTP_DIR = os.path.join(DEPS, f"llhttp-{LLHTTP_VERSION}", "lib")
+PROTOS_PKG = os.path.join("omnirelay", "config", "protos")
 
 
 def fetch_llhttp():
@@ -39,19 +41,19 @@ def fetch_llhttp():
 
 
 class BuildCore(build_ext):
-    """Fetch llhttp and cythonize only when extensions are really built, not
-    when pip merely asks for build requirements or metadata."""
+    """Fetch llhttp and cythonize only when extensions are really built: not when pip merely
+    asks for build requirements or metadata, nor when an sdist lists its sources (the sdist
+    carries the .pyx files, never generated C)."""
 
-    def finalize_options(self):
+    def run(self):
         from Cython.Build import cythonize
 
         fetch_llhttp()
         llsrc = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(LLHTTP_DIR, "*.c")))
-        self.extensions = self.distribution.ext_modules
         for ext in self.extensions:
             if ext.name == "omnirelay_core.http1":
                 ext.sources += [s for s in llsrc if s not in ext.sources]
-        self.distribution.ext_modules[:] = cythonize(
+        cythonized = cythonize(
             self.extensions,
             language_level=3,
             nthreads=os.cpu_count() or 1,
@@ -61,7 +63,22 @@ class BuildCore(build_ext):
             },
             annotate=os.environ.get("OMNIRELAY_ANNOTATE") == "1",
         )
-        super().finalize_options()
+        # Swap in the C sources on the extensions finalize_options already set up.
+        by_name = {ext.name: ext for ext in cythonized}
+        for ext in self.extensions:
+            ext.sources = by_name[ext.name].sources
+        super().run()
+
+
+class BuildPy(build_py):
+    """Generate omnirelay.config.protos from protos/*.proto into the package before it is
+    copied, so every wheel carries them (they are never committed). An editable install
+    skips this: importing the package builds them in the checkout."""
+
+    def run(self):
+        if not self.editable_mode:
+            subprocess.check_call([sys.executable, os.path.join(PROTOS_PKG, "_build.py")], cwd=HERE)
+        super().run()
 
 
 def extensions():
@@ -75,4 +92,4 @@ def extensions():
     ]
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildCore})
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildCore, "build_py": BuildPy})

@@ -137,3 +137,15 @@ def test_unreachable_meshkit_is_exit_5(meshkit, tmp_path):
 
     r = omnirctl(Gone(), "--timeout", "2", "nodes")
     assert r.returncode == 5 and "cannot reach MeshKit at 127.0.0.1:1" in r.stderr
+
+
+def test_version_is_the_installed_package_version():
+    import importlib.metadata
+
+    from click.testing import CliRunner
+
+    from meshkit.cli.omnirctl import main
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert importlib.metadata.version("omnirelay") in result.output
