@@ -26,7 +26,7 @@ from omnirelay_core.router import HeaderEdits, RouteEntry, RouteTable
 from omnirelay_core.server import ListenerRuntime
 from omnirelay_core.sni import SniTable, negotiated_alpn, parse_client_hello
 from omnirelay_core.stats import UPSTREAM_TIME_BOUNDS, Stats, UpstreamStats
-from omnirelay_core.stream import HttpStream, ListenerState
+from omnirelay_core.stream import AccessSink, HttpStream, ListenerState
 from omnirelay_core.upstream import Cluster, Endpoint
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "NATIVE_ABI_MAJOR",
     "NATIVE_ABI_MINOR",
     "UPSTREAM_TIME_BOUNDS",
+    "AccessSink",
     "BadRequest",
     "BodyTooLarge",
     "BufferPool",

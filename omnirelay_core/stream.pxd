@@ -9,6 +9,21 @@ from omnirelay_core.upstream cimport Cluster
 
 
 
+cdef class HttpStream
+
+
+cdef class AccessSink:
+    """The default JSON access log, formatted at C level when a request finishes."""
+    cdef ByteBuilder buf
+    cdef public Py_ssize_t records      # lines formatted
+    cdef public Py_ssize_t dropped      # lines dropped: the buffer was over its limit
+    cdef Py_ssize_t limit
+    cdef object on_data                 # called when the buffer stops being empty
+    cdef long clk_sec
+    cdef bytes clk_text
+    cdef int add(self, HttpStream s) except -1
+
+
 cdef class ListenerState:
     """Per-listener settings of one config generation; a reload swaps the
     reference held by the listener, so new requests see the new state."""
@@ -38,6 +53,9 @@ cdef class ListenerState:
     # filters that pick the cluster themselves (HttpStream.set_cluster).
     cdef public dict clusters
     cdef public dict upstream_stats
+    # With the default JSON access log and no sampling or rate limit: lines are formatted
+    # here, in C, and the logger only drains them (no Python call per request).
+    cdef public AccessSink access_sink
 
 
 cdef class DownstreamCodec:

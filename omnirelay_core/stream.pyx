@@ -7,6 +7,17 @@ import os
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_DecodeLatin1
+from cpython.mem cimport PyMem_Free
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object u, Py_ssize_t* size) except NULL
+    char* PyOS_double_to_string(double val, char format_code, int precision, int flags, int* ptype)
+from libc.string cimport strlen
+from libc.time cimport time_t, tm, strftime
+from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
+
+cdef extern from "<time.h>" nogil:
+    tm* gmtime_r(const time_t* timep, tm* result)
 from libc.string cimport memcmp
 
 from omnirelay_core.headers cimport HeaderMap, ascii_ieq
@@ -1183,9 +1194,13 @@ cdef class HttpStream(UpstreamCallbacks):
         al = self.listener.trace
         if al is not None:
             al.finish(self)   # spans of the request and its attempts; taps
-        al = self.listener.access_log
-        if al is not None:
-            al(self)      # the logger samples/limits, then calls access_record()
+        sink = self.listener.access_sink
+        if sink is not None:
+            (<AccessSink>sink).add(self)
+        else:
+            al = self.listener.access_log
+            if al is not None:
+                al(self)      # the logger samples/limits, then calls access_record()
         self.codec.stream_complete(self)
         return 0
 
@@ -1222,10 +1237,10 @@ cdef class HttpStream(UpstreamCallbacks):
                 (now - self.upstream_start) * 1000.0 if self.upstream_start > 0 else None, ua)
 
     @staticmethod
-    def access_json_lines(list pending, object esc, list clk, object strftime, object gmtime,
+    def access_json_lines(list pending, list clk, object strftime, object gmtime,
                           object flags):
         """See the module function (exported through HttpStream, the core's Python face)."""
-        return access_json_lines(pending, esc, clk, strftime, gmtime, flags)
+        return access_json_lines(pending, clk, strftime, gmtime, flags)
 
     # ---- Python API for filters ----
     def resume(self):
@@ -1319,20 +1334,268 @@ cdef HttpStream _new_stream(DownstreamCodec codec, ListenerState listener, str p
     return s
 
 
-cdef inline str _jq(object v, object esc):
-    return "null" if v is None else esc(v)
+cdef const char* _HEX = "0123456789abcdef"
 
 
-def access_json_lines(list pending, object esc, list clk, object strftime, object gmtime,
-                      object flags):
+cdef int _json_str(ByteBuilder b, object v) except -1:
+    """`v` as a JSON string (null for None): UTF-8, with '"', '\\' and control characters
+    escaped as json.encoder.encode_basestring does; other characters pass through."""
+    cdef Py_ssize_t n, i, run
+    cdef const char* p
+    cdef unsigned char c
+    cdef char esc[6]
+    if v is None:
+        return b.append("null", 4)
+    p = PyUnicode_AsUTF8AndSize(v, &n)
+    b.append('"', 1)
+    run = 0
+    for i in range(n):
+        c = <unsigned char>p[i]
+        if c >= 0x20 and c != 34 and c != 92:
+            continue
+        if i > run:
+            b.append(p + run, i - run)
+        run = i + 1
+        if c == 34:
+            b.append('\\"', 2)
+        elif c == 92:
+            b.append("\\\\", 2)
+        elif c == 10:
+            b.append("\\n", 2)
+        elif c == 13:
+            b.append("\\r", 2)
+        elif c == 9:
+            b.append("\\t", 2)
+        elif c == 8:
+            b.append("\\b", 2)
+        elif c == 12:
+            b.append("\\f", 2)
+        else:
+            esc[0] = 92; esc[1] = 117; esc[2] = 48; esc[3] = 48   # \u00
+            esc[4] = _HEX[c >> 4]; esc[5] = _HEX[c & 15]
+            b.append(esc, 6)
+    if n > run:
+        b.append(p + run, n - run)
+    return b.append('"', 1)
+
+
+cdef int _json_ms(ByteBuilder b, double v) except -1:
+    """repr(round(v, 3)) for a non-negative duration: 3 decimals, trailing zeros dropped
+    down to one ("12.0", "0.5", "1.234")."""
+    cdef char* s = PyOS_double_to_string(v, b'f', 3, 0, NULL)
+    cdef Py_ssize_t n
+    if s == NULL:
+        raise MemoryError()
+    try:
+        n = strlen(s)
+        while n > 0 and s[n - 1] == 48 and s[n - 2] != 46:   # '0', not after '.'
+            n -= 1
+        return b.append(s, n)
+    finally:
+        PyMem_Free(s)
+
+
+cdef int _json_latin1(ByteBuilder b, const char* p, Py_ssize_t n) except -1:
+    """Raw bytes read as latin-1 (how the access record decodes them), as a JSON string in
+    UTF-8: the same bytes _json_str writes for the decoded text."""
+    cdef Py_ssize_t i, run = 0
+    cdef unsigned char c
+    cdef char two[2]
+    b.append('"', 1)
+    for i in range(n):
+        c = <unsigned char>p[i]
+        if 0x20 <= c < 0x80 and c != 34 and c != 92:
+            continue
+        if i > run:
+            b.append(p + run, i - run)
+        run = i + 1
+        if c >= 0x80:
+            two[0] = <char>(0xC0 | (c >> 6))
+            two[1] = <char>(0x80 | (c & 0x3F))
+            b.append(two, 2)
+        else:
+            _json_escape(b, c)
+    if n > run:
+        b.append(p + run, n - run)
+    return b.append('"', 1)
+
+
+cdef int _json_escape(ByteBuilder b, unsigned char c) except -1:
+    cdef char esc[6]
+    if c == 34:
+        return b.append('\\"', 2)
+    if c == 92:
+        return b.append("\\\\", 2)
+    if c == 10:
+        return b.append("\\n", 2)
+    if c == 13:
+        return b.append("\\r", 2)
+    if c == 9:
+        return b.append("\\t", 2)
+    if c == 8:
+        return b.append("\\b", 2)
+    if c == 12:
+        return b.append("\\f", 2)
+    esc[0] = 92; esc[1] = 117; esc[2] = 48; esc[3] = 48   # \u00
+    esc[4] = _HEX[c >> 4]; esc[5] = _HEX[c & 15]
+    return b.append(esc, 6)
+
+
+cdef int _json_header(ByteBuilder b, HeaderMap h, const char* name, Py_ssize_t n) except -1:
+    cdef Py_ssize_t i
+    if h is not None:
+        i = h.find(name, n, 0)
+        if i >= 0:
+            return _json_latin1(b, h.value_at(i), h.entries[i].value_len)
+    return b.append("null", 4)
+
+
+cdef int _json_flag(ByteBuilder b, bint* first, const char* name, Py_ssize_t n) except -1:
+    b.append("[\"" if first[0] else ",\"", 2)
+    first[0] = False
+    b.append(name, n)
+    return b.append('"', 1)
+
+
+cdef class AccessSink:
+    """Lines of the default JSON access log (every field, as the generated formatter of
+    omnirelay.telemetry.accesslog writes them), formatted here when a request finishes and
+    drained by the logger's timer with `take()`. Past `limit` buffered bytes new lines are
+    dropped and counted."""
+
+    def __init__(self, Py_ssize_t limit, on_data):
+        self.buf = ByteBuilder()
+        self.limit = limit
+        self.on_data = on_data
+        self.clk_sec = -1
+        self.clk_text = b""
+
+    def take(self):
+        """The buffered lines (bytes), leaving the buffer empty."""
+        return self.buf.take()
+
+    cdef int add(self, HttpStream s) except -1:
+        cdef ByteBuilder b = self.buf
+        cdef timespec ts
+        cdef double now = monotonic()
+        cdef double dur = (now - s.start_time) * 1000.0
+        cdef double start
+        cdef long sec
+        cdef int ms
+        cdef bint first = True
+        cdef char tail[6]
+        cdef char iso[32]
+        cdef tm parts
+        cdef time_t t
+        cdef Py_ssize_t mark = b.length
+        if b.length > self.limit:
+            self.dropped += 1
+            return 0
+        clock_gettime(CLOCK_REALTIME, &ts)
+        start = <double>ts.tv_sec + ts.tv_nsec * 1e-9 - dur * 0.001
+        sec = <long>start
+        if sec != self.clk_sec:
+            t = <time_t>sec
+            gmtime_r(&t, &parts)
+            self.clk_text = iso[:strftime(iso, sizeof(iso), "%Y-%m-%dT%H:%M:%S", &parts)]
+            self.clk_sec = sec
+        ms = <int>((start - sec) * 1000)
+        b.append('{"timestamp":"', 14)
+        b.append_obj(self.clk_text)
+        tail[0] = 46; tail[1] = 48 + ms // 100; tail[2] = 48 + ms // 10 % 10
+        tail[3] = 48 + ms % 10; tail[4] = 90; tail[5] = 34     # .mmmZ"
+        b.append(tail, 6)
+        b.append(',"request_id":', 14)
+        if s.request_id is None:
+            b.append("null", 4)
+        else:
+            _json_latin1(b, PyBytes_AS_STRING(s.request_id), len(s.request_id))
+        b.append(',"listener":', 12)
+        _json_str(b, s.listener.name)
+        b.append(',"peer":', 8)
+        _json_str(b, s.peer)
+        b.append(',"method":', 10)
+        if s.method is None:
+            b.append("null", 4)
+        else:
+            _json_latin1(b, PyBytes_AS_STRING(s.method), len(s.method))
+        b.append(',"authority":', 13)
+        _json_header(b, s.request_headers, b"host", 4)
+        b.append(',"path":', 8)
+        if s.target is None:
+            b.append("null", 4)
+        else:
+            _json_latin1(b, PyBytes_AS_STRING(s.target), len(s.target))
+        if s.stream_id > 0:
+            b.append(',"protocol":"HTTP/2"', 20)
+        elif s.http_minor:
+            b.append(',"protocol":"HTTP/1.1"', 22)
+        else:
+            b.append(',"protocol":"HTTP/1.0"', 22)
+        b.append(',"route":', 9)
+        _json_str(b, s.route.name if s.route is not None else None)
+        b.append(',"cluster":', 11)
+        _json_str(b, s.cluster.name if s.cluster is not None else None)
+        b.append(',"upstream":', 12)
+        if s.endpoint is None:
+            b.append("null", 4)
+        else:
+            _json_str(b, s.endpoint.host)
+            b.length -= 1                       # reopen the string: "host:port"
+            b.append(":", 1)
+            b.append_int(s.endpoint.port)
+            b.append('"', 1)
+        b.append(',"status":', 10)
+        b.append_int(s.status)
+        b.append(',"flags":', 9)
+        if s.log_flags & LOG_UPSTREAM_TIMEOUT:
+            _json_flag(b, &first, "upstream_timeout", 16)
+        if s.log_flags & LOG_PER_TRY_TIMEOUT:
+            _json_flag(b, &first, "per_try_timeout", 15)
+        if s.attempts > 1:
+            _json_flag(b, &first, "retried", 7)
+        if s.local_reason is not None:
+            _json_flag(b, &first, "local_reply", 11)
+        if s.log_flags & LOG_UPSTREAM_RESET:
+            _json_flag(b, &first, "upstream_reset", 14)
+        if s.log_flags & LOG_SHADOWED:
+            _json_flag(b, &first, "shadowed", 8)
+        b.append("[]" if first else "]", 2 if first else 1)
+        b.append(',"retries":', 11)
+        b.append_int(s.attempts - 1 if s.attempts > 1 else 0)
+        b.append(',"reason":', 10)
+        _json_str(b, s.local_reason)
+        b.append(',"request_bytes":', 17)
+        b.append_int(s.req_body_bytes)
+        b.append(',"response_bytes":', 18)
+        b.append_int(s.resp_body_bytes)
+        b.append(',"duration_ms":', 15)
+        _json_ms(b, dur)
+        b.append(',"upstream_ms":', 15)
+        if s.upstream_start > 0:
+            _json_ms(b, (now - s.upstream_start) * 1000.0)
+        else:
+            b.append("null", 4)
+        b.append(',"user_agent":', 14)
+        _json_header(b, s.request_headers, b"user-agent", 10)
+        b.append("}\n", 2)
+        self.records += 1
+        if mark == 0:
+            self.on_data()
+        return 0
+
+
+def access_json_lines(list pending, list clk, object strftime, object gmtime, object flags):
     """The default JSON access-log lines (every field) for a batch of (wall_end, record)
-    pairs, joined with newlines: the compiled twin of omnirelay.telemetry.accesslog's
-    generated formatter, run on the logger's flush timer (never per request)."""
-    cdef list out = []
+    pairs, each ending in a newline, as UTF-8 bytes: the compiled twin of
+    omnirelay.telemetry.accesslog's generated formatter, run on the logger's flush timer
+    (never per request)."""
+    cdef ByteBuilder b = ByteBuilder()
     cdef tuple r
     cdef double w, t
     cdef long s
-    cdef int attempts
+    cdef int attempts, ms
+    cdef char tail[8]
     for item in pending:
         w = (<tuple>item)[0]
         r = <tuple>(<tuple>item)[1]
@@ -1340,17 +1603,57 @@ def access_json_lines(list pending, object esc, list clk, object strftime, objec
         s = <long>t
         if s != clk[0]:
             clk[0] = s
-            clk[1] = strftime("%Y-%m-%dT%H:%M:%S", gmtime(s))
+            clk[1] = strftime("%Y-%m-%dT%H:%M:%S", gmtime(s)).encode()
+        ms = <int>((t - s) * 1000)
+        b.append('{"timestamp":"', 14)
+        b.append_obj(clk[1])
+        tail[0] = 46; tail[1] = 48 + ms // 100; tail[2] = 48 + ms // 10 % 10
+        tail[3] = 48 + ms % 10; tail[4] = 90; tail[5] = 34     # .mmmZ"
+        b.append(tail, 6)
+        b.append(',"request_id":', 14)
+        _json_str(b, r[0])
+        b.append(',"listener":', 12)
+        _json_str(b, r[1])
+        b.append(',"peer":', 8)
+        _json_str(b, r[2])
+        b.append(',"method":', 10)
+        _json_str(b, r[3])
+        b.append(',"authority":', 13)
+        _json_str(b, r[4])
+        b.append(',"path":', 8)
+        _json_str(b, r[5])
+        b.append(',"protocol":', 12)
+        _json_str(b, r[6])
+        b.append(',"route":', 9)
+        _json_str(b, r[7])
+        b.append(',"cluster":', 11)
+        _json_str(b, r[8])
+        b.append(',"upstream":', 12)
+        _json_str(b, r[9])
+        b.append(',"status":', 10)
+        b.append_int(r[10])
         attempts = r[11]
-        up = r[17]
-        out.append(
-            f'{{"timestamp":"{clk[1]}.{<int>((t - s) * 1000):03d}Z","request_id":{_jq(r[0], esc)},'
-            f'"listener":{_jq(r[1], esc)},"peer":{_jq(r[2], esc)},"method":{_jq(r[3], esc)},'
-            f'"authority":{_jq(r[4], esc)},"path":{_jq(r[5], esc)},"protocol":"{r[6]}",'
-            f'"route":{_jq(r[7], esc)},"cluster":{_jq(r[8], esc)},"upstream":{_jq(r[9], esc)},'
-            f'"status":{r[10]},"flags":{flags(r) if (r[12] or attempts > 1 or r[13] is not None) else "[]"},'
-            f'"retries":{attempts - 1 if attempts > 1 else 0},"reason":{_jq(r[13], esc)},'
-            f'"request_bytes":{r[14]},"response_bytes":{r[15]},"duration_ms":{round(r[16], 3)},'
-            f'"upstream_ms":{"null" if up is None else round(up, 3)},"user_agent":{_jq(r[18], esc)}}}')
-    out.append("")
-    return "\n".join(out)
+        b.append(',"flags":', 9)
+        if r[12] or attempts > 1 or r[13] is not None:
+            b.append_obj(flags(r).encode())
+        else:
+            b.append("[]", 2)
+        b.append(',"retries":', 11)
+        b.append_int(attempts - 1 if attempts > 1 else 0)
+        b.append(',"reason":', 10)
+        _json_str(b, r[13])
+        b.append(',"request_bytes":', 17)
+        b.append_int(r[14])
+        b.append(',"response_bytes":', 18)
+        b.append_int(r[15])
+        b.append(',"duration_ms":', 15)
+        _json_ms(b, r[16])
+        b.append(',"upstream_ms":', 15)
+        if r[17] is None:
+            b.append("null", 4)
+        else:
+            _json_ms(b, r[17])
+        b.append(',"user_agent":', 14)
+        _json_str(b, r[18])
+        b.append("}\n", 2)
+    return b.take()

@@ -18,6 +18,7 @@ peer ran, 1 when one failed to start or to serve (its reason is in `failed_peers
     .venv/bin/python bench/e2e/run.py --scenario routes --duration 4 --rounds 2
     .venv/bin/python bench/e2e/run.py --peers omnirelay,omnirelay-admin --skip-large  # telemetry cost
     .venv/bin/python bench/e2e/run.py --peers omnirelay,omnirelay-accesslog --skip-large  # access log
+    .venv/bin/python bench/e2e/run.py --peers omnirelay,omnirelay-telemetry --skip-large  # both
     .venv/bin/python bench/e2e/run.py --peers omnirelay,omnirelay-wasm --skip-large  # Wasm filter
 """
 from __future__ import annotations
@@ -64,10 +65,13 @@ TARGETS = {
     "omnirelay_admin_over_omnirelay_rps": (">=", 0.85),
     # the same proxy with a JSON access log to a file (every request) vs without
     "omnirelay_accesslog_over_omnirelay_rps": (">=", 0.85),
+    # metrics scraped every second AND a JSON access log of every request vs neither
+    "omnirelay_telemetry_over_omnirelay_rps": (">=", 0.85),
     # the same proxy with one Proxy-Wasm filter adding a request header vs without
     "omnirelay_wasm_over_omnirelay_rps": (">=", 0.5),
 }
-SCRAPE_INTERVAL = 1.0  # how often the omnirelay-admin peer's /metrics is read during the run
+SCRAPE_INTERVAL = 1.0  # how often a scraped peer's /metrics is read during the run
+SCRAPED_PEERS = ("omnirelay-admin", "omnirelay-telemetry")  # admin listener, /metrics read
 LARGE_PEERS = ("direct", "nginx", "omnirelay")  # peers measured on the 1 MiB body
 
 
@@ -172,7 +176,7 @@ class Bench:
     nginx: str
     omnirelay: str
     upstream_port: int = 0
-    admin_port: int = 0  # the omnirelay-admin peer's admin listener
+    admin_port: int = 0  # the admin listener of the peer being started (scraped peers)
 
     def write(self, name: str, text: str) -> str:
         path = self.tmp / name
@@ -200,6 +204,11 @@ PEERS = {
         b.omnirelay, "run", "--workers", "1", "--config",
         b.write("omnirelay-accesslog.yaml",
                 omnirelay_accesslog_config(port, b.upstream_port, str(b.tmp / "access.log")))],
+    "omnirelay-telemetry": lambda b, port: [
+        b.omnirelay, "run", "--workers", "1", "--config",
+        b.write("omnirelay-telemetry.yaml",
+                omnirelay_accesslog_config(port, b.upstream_port, str(b.tmp / "telemetry.log"))
+                + f"admin: {{address: {HOST}, port: {b.admin_port}}}\n")],
     "omnirelay-wasm": lambda b, port: [
         b.omnirelay, "run", "--workers", "1", "--config",
         b.write("omnirelay-wasm.yaml", omnirelay_wasm_config(port, b.upstream_port))],
@@ -552,6 +561,8 @@ def report(args, peers: list[Peer], failed: dict) -> dict:
                                                      get("omnirelay", "rps")),
         "omnirelay_accesslog_over_omnirelay_rps": _ratio(get("omnirelay-accesslog", "rps"),
                                                          get("omnirelay", "rps")),
+        "omnirelay_telemetry_over_omnirelay_rps": _ratio(get("omnirelay-telemetry", "rps"),
+                                                         get("omnirelay", "rps")),
         "omnirelay_wasm_over_omnirelay_rps": _ratio(get("omnirelay-wasm", "rps"),
                                                     get("omnirelay", "rps")),
         "omnirelay_over_nginx_rps": _ratio(get("omnirelay", "rps"), get("nginx", "rps")),
@@ -624,20 +635,20 @@ def run(args, procs: Processes, tmp: Path) -> dict:
     bench = start_upstream(args, procs, tmp)
     peers: list[Peer] = []
     failed: dict[str, str] = {}
-    scraper = None
+    scrapers: dict[str, Scraper] = {}
     for name in args.peers:
         build = PEERS[name]
         if build is None:
             peers.append(Peer(name, bench.upstream_port, None))
             continue
-        if name == "omnirelay-admin":
+        if name in SCRAPED_PEERS:
             bench.admin_port = free_port()
         started = start_peer(args, procs, name, build, bench, failed)
         if started:
             peers.append(Peer(name, *started))
-            if name == "omnirelay-admin":
-                scraper = Scraper(bench.admin_port)
-                scraper.start()
+            if name in SCRAPED_PEERS:
+                scrapers[name] = Scraper(bench.admin_port)
+                scrapers[name].start()
 
     if peers:
         log(f"small body: {args.rounds} rounds x {len(peers)} peers x "
@@ -647,10 +658,10 @@ def run(args, procs: Processes, tmp: Path) -> dict:
         if large_peers and not args.skip_large:
             log(f"1 MiB body: {len(large_peers)} peers, -c{args.large_connections}")
             measure_rounds(args, large_peers, failed, large=True)
-    if scraper is not None:
-        args.admin_scrapes = scraper.stop()
-        if args.admin_scrapes["failures"]:
-            log(f"omnirelay-admin: {args.admin_scrapes['failures']} /metrics scrapes failed")
+    args.admin_scrapes = {name: sc.stop() for name, sc in scrapers.items()}
+    for name, result in args.admin_scrapes.items():
+        if result["failures"]:
+            log(f"{name}: {result['failures']} /metrics scrapes failed")
     return report(args, peers, failed)
 
 

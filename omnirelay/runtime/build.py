@@ -165,6 +165,7 @@ class TableBuilder:
                 if logger is None or logger.spec != lst.access_log:
                     logger = AccessLogger(lst.access_log)
                 access_logs[lst.name] = listeners[lst.name].access_log = logger
+                listeners[lst.name].access_sink = logger.sink
             pipeline = None
             if lst.tracing is not None:
                 key = ExportSettings.of(lst.tracing)

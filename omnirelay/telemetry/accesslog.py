@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from omnirelay._core import HttpStream
+from omnirelay._core import AccessSink, HttpStream
 from omnirelay.config.model import ACCESS_LOG_FIELDS, AccessLog
 
 log = logging.getLogger("omnirelay.accesslog")
@@ -219,16 +219,17 @@ class Formatter:
         exec(compile(src, "<access-log-format>", "exec"), env)  # noqa: S102 - our own source
         self.line = env["line"]
         self._clk = env["clk"]
+        self._bclk = [-1, b""]  # the compiled twin's clock cache (second, its ISO text)
         # The default JSON record (every field) has a compiled twin in the core.
         self.compiled = fmt == "json" and fields is None
 
-    def batch(self, pending: list[tuple[float, tuple]]) -> str:
-        """Newline-terminated lines for (wall_end, record) pairs."""
+    def batch(self, pending: list[tuple[float, tuple]]) -> bytes:
+        """Newline-terminated UTF-8 lines for (wall_end, record) pairs."""
         if self.compiled:
-            return HttpStream.access_json_lines(pending, _esc, self._clk, time.strftime,
+            return HttpStream.access_json_lines(pending, self._bclk, time.strftime,
                                                 time.gmtime, _dumps_flags)
         line = self.line
-        return "\n".join([line(w, r) for w, r in pending]) + "\n"
+        return ("\n".join([line(w, r) for w, r in pending]) + "\n").encode("utf-8")
 
 
 def _dumps_flags(rec: tuple) -> str:
@@ -348,26 +349,19 @@ class AccessLogger:
         self.dropped_backlog = 0
         self.write_errors = 0
         self.reopens = 0
+        # Whether a request must pass sampling or a rate limit before it is recorded.
+        self.filtering = self.sample < 1.0 or self.tenant_header is not None or self.rate > 0
+        # The default JSON record with nothing to filter is formatted by the core when the
+        # request finishes (ListenerState.access_sink): no Python call per request.
+        self.sink = (AccessSink(MAX_BACKLOG, self._on_sink_data)
+                     if self.formatter.compiled and not self.filtering else None)
+        self._sink_counted = (0, 0)  # sink (records, dropped) already in the counters
         _live.add(self)
 
     # -- hot path: called by the core once per finished request ---------------------------
     def __call__(self, stream: Any) -> None:
-        if self.sample < 1.0 and random.random() >= self.sample:
-            self.sampled_out += 1
+        if self.filtering and not self._admit(stream):
             return
-        if self.tenant_header is not None and not self._tenant_token(stream):
-            self.dropped_tenant_rate_limit += 1
-            return
-        if self.rate > 0:
-            now = time.monotonic()
-            tokens = self.tokens + (now - self.refilled) * self.rate
-            self.refilled = now
-            tokens = min(tokens, self.rate)  # burst: one second's worth
-            if tokens < 1.0:
-                self.tokens = tokens
-                self.dropped_rate_limit += 1
-                return
-            self.tokens = tokens - 1.0
         if self.closed or len(self.pending) >= MAX_PENDING:
             self.dropped_backlog += 1
             return
@@ -383,6 +377,26 @@ class AccessLogger:
         elif len(self.pending) == BATCH:
             self.timer.cancel()
             self._schedule(0)
+
+    def _admit(self, stream: Any) -> bool:
+        """Sampling, then the tenant's and the listener's rate limits (only when set)."""
+        if self.sample < 1.0 and random.random() >= self.sample:
+            self.sampled_out += 1
+            return False
+        if self.tenant_header is not None and not self._tenant_token(stream):
+            self.dropped_tenant_rate_limit += 1
+            return False
+        if self.rate > 0:
+            now = time.monotonic()
+            tokens = self.tokens + (now - self.refilled) * self.rate
+            self.refilled = now
+            tokens = min(tokens, self.rate)  # burst: one second's worth
+            if tokens < 1.0:
+                self.tokens = tokens
+                self.dropped_rate_limit += 1
+                return False
+            self.tokens = tokens - 1.0
+        return True
 
     def _tenant_token(self, stream: Any) -> bool:
         """Take a token from the request's tenant bucket; False if it has none."""
@@ -425,28 +439,53 @@ class AccessLogger:
         self.timer = loop.call_later(delay, self.flush)
 
     # -- off the hot path ---------------------------------------------------------------------
+    def _on_sink_data(self) -> None:
+        # The core's sink got its first line since the last flush.
+        if self.timer is None and not self.closed:
+            self._schedule(FLUSH_INTERVAL)
+
+    def _take_sink(self) -> tuple[bytes, int]:
+        """The sink's lines and how many they are; its drops join dropped_backlog."""
+        sink = self.sink
+        data = sink.take()
+        records, dropped = sink.records, sink.dropped
+        n = records - self._sink_counted[0]
+        self.dropped_backlog += dropped - self._sink_counted[1]
+        self._sink_counted = (records, dropped)
+        self.logged += n
+        return data, n
+
     def flush(self) -> None:
         """Format what is pending and hand it to the writer thread."""
         self.timer = None
+        if self.sink is not None:
+            data, count = self._take_sink()
+            if count:
+                self._hand_over(data, count)
         pending = self.pending
         if not pending:
             return
         self.pending = []
         try:
-            data = self.formatter.batch(pending).encode("utf-8")
+            data = self.formatter.batch(pending)
         except Exception:
             log.exception("access log: cannot format records")
             self.write_errors += len(pending)
             return
+        self._hand_over(data, len(pending))
+
+    def _hand_over(self, data: bytes, count: int) -> None:
+        """Queue `count` formatted lines for the writer thread, or drop them past
+        MAX_BACKLOG (the writer is behind: dropping beats stalling the event loop)."""
         with self.lock:
             if self.backlog and self.backlog + len(data) > MAX_BACKLOG:
-                self.dropped_backlog += len(pending)
+                self.dropped_backlog += count
                 return
             self.backlog += len(data)
         if self.writer is None:
             self.writer = _Writer(self.spec.path, self)
             self.writer.start()
-        self.writer.q.put((data, len(pending)))
+        self.writer.q.put((data, count))
 
     def close(self, timeout: float = 2.0) -> None:
         """Flush what is pending and stop the writer (waiting up to `timeout` seconds)."""

@@ -232,3 +232,45 @@ async def test_no_access_log_means_no_logger():
     async with RawServer(ok_handler()) as srv, omnirelay.Relay(make_config(srv.port)) as relay:
         assert relay._builder.access_logs == {}
         assert (await one_shot(relay.address(), get("/"))).status == 200
+
+
+CAPTURED: list[tuple] = []
+
+
+class _Capture(omnirelay.HttpFilter):
+    def on_log(self, stream):
+        CAPTURED.append(stream.access_record())
+
+
+@omnirelay.register("tests.capture_access_record")
+class _CaptureFactory(omnirelay.FilterFactory):
+    filter_class = _Capture
+
+
+async def test_core_formatted_lines_match_the_python_formatter(tmp_path: Path):
+    """The default JSON log is formatted by the core (no Python call per request); its lines
+    carry what the generated Python formatter prints for the same request's record,
+    escapes and non-ASCII bytes included (timings aside: they are read a moment apart)."""
+    from omnirelay.telemetry.accesslog import record_fields
+
+    log_path = tmp_path / "access.log"
+    CAPTURED.clear()
+    async with RawServer(ok_handler()) as good:
+        cfg = make_config(good.port, listener={"access_log": {"path": str(log_path)}},
+                          route={"filters": [{"name": "tests.capture_access_record"}]})
+        async with omnirelay.Relay(cfg) as relay:
+            assert logger(relay).sink is not None
+            addr = relay.address()
+            await one_shot(addr, get('/p?q="x"&b=\\', headers="User-Agent: a\"b\\c \xe9\t!\r\n"
+                                     "X-Request-Id: r\"id\r\n"))
+            await one_shot(addr, b"GET /nothing-here HTTP/1.0\r\n\r\n")
+            await wait_lines(log_path, 2)
+    got = records(log_path)
+    assert len(got) == len(CAPTURED) == 2
+    for line, rec in zip(got, CAPTURED, strict=True):
+        want = record_fields(time.time(), rec)
+        for key in ("timestamp", "duration_ms", "upstream_ms"):
+            assert (line.pop(key) is None) == (want.pop(key) is None)
+        assert line == want
+    # Header bytes are read as latin-1 (the client sent é as UTF-8: two bytes).
+    assert got[0]["user_agent"] == 'a"b\\c \xc3\xa9\t!' and got[0]["request_id"] == 'r"id'

@@ -364,23 +364,28 @@ MAX_GROWTH = 8 << 20
 
 
 async def _stream_16mib(reader, writer, srv: RawServer) -> None:
-    """An HTTP/1.1 keep-alive upstream answering every request with 16 MiB, written as fast as
-    the proxy takes it; notes when its writes stall (the proxy stopped reading it)."""
+    """An HTTP/1.1 upstream answering one request per connection with 16 MiB, written as fast
+    as the proxy takes it; notes when its writes stall (the proxy stopped reading it).
+
+    One request per connection: a connection that already carried a fast 16 MiB download
+    has had its receive buffer grown by the kernel's autotuning (tcp_rmem allows up to
+    32 MiB here), which could swallow the whole body with the proxy reading nothing."""
     writer.transport.set_write_buffer_limits(high=len(BLOCK))
-    while True:
-        await read_request(reader)
-        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {TOTAL}\r\n\r\n".encode())
-        sent = 0
-        while sent < TOTAL:
-            writer.write(BLOCK)
-            sent += len(BLOCK)
-            srv.state["sent"] = sent
-            drain = asyncio.ensure_future(writer.drain())
-            done, _ = await asyncio.wait({drain}, timeout=0.5)
-            if not done:
-                srv.state.setdefault("blocked_at", sent)
-                srv.event.set()
-                await drain
+    await read_request(reader)
+    writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {TOTAL}\r\nConnection: close\r\n\r\n"
+                 .encode())
+    sent = 0
+    while sent < TOTAL:
+        writer.write(BLOCK)
+        sent += len(BLOCK)
+        srv.state["sent"] = sent
+        drain = asyncio.ensure_future(writer.drain())
+        done, _ = await asyncio.wait({drain}, timeout=0.5)
+        if not done:
+            srv.state.setdefault("blocked_at", sent)
+            srv.event.set()
+            await drain
+    writer.close()
 
 
 @pytest.mark.async_timeout(60)

@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from omnirelay.config.model import ACCESS_LOG_FIELDS, AccessLog
 from omnirelay.telemetry import accesslog
@@ -111,9 +113,20 @@ def test_compiled_json_batch_matches_the_python_formatter() -> None:
            "no_route", 0, 9, 1.25, None, 'ua "q"\n')
     for rec in (REC, plain, nul):
         out = f.batch([(1e9 + 0.5, rec), (1e9 + 0.5, rec)])
-        assert out == (f.line(1e9 + 0.5, rec) + "\n") * 2
+        assert out == ((f.line(1e9 + 0.5, rec) + "\n") * 2).encode()
         assert json.loads(out.splitlines()[0]) == record_fields(1e9 + 0.5, rec)
     assert not Formatter(fields=["status"]).compiled and not Formatter("text").compiled
+
+
+@given(st.floats(min_value=0, max_value=1e7, allow_nan=False),
+       st.one_of(st.none(), st.floats(min_value=0, max_value=1e5, allow_nan=False)),
+       st.text(max_size=20), st.one_of(st.none(), st.text(max_size=20)))
+def test_compiled_json_batch_matches_for_any_values(duration, upstream, path, ua) -> None:
+    """The compiled formatter escapes strings and rounds durations exactly as the generated
+    Python one (json.encoder.encode_basestring, repr(round(x, 3)))."""
+    f = Formatter()
+    rec = REC[:5] + (path,) + REC[6:16] + (duration, upstream, ua)
+    assert f.batch([(2e9 + 0.25, rec)]) == (f.line(2e9 + 0.25, rec) + "\n").encode()
 
 
 class TenantStream(FakeStream):
