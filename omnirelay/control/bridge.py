@@ -8,12 +8,13 @@ answered (or ACTIVATE_TIMEOUT).
 """
 from __future__ import annotations
 
-import os
 import selectors
 import threading
 from dataclasses import dataclass, field
 
 from omnirelay.config import Config
+
+from .wakeup import WakePipe
 
 ACTIVATE_TIMEOUT = 60.0
 
@@ -40,9 +41,7 @@ class SupervisorBridge:
         self._running = threading.Event()  # workers are serving
         self._stopped = False
         self._pending: list[_Pending] = []
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
+        self._pipe = WakePipe()
         self._sel: selectors.BaseSelector | None = None
 
     # ---- the client's side (its thread) ----
@@ -92,22 +91,15 @@ class SupervisorBridge:
         self._running.set()
 
     def _wake(self) -> None:
-        try:
-            os.write(self._w, b"x")
-        except BlockingIOError:
-            pass  # already awake
+        self._pipe.wake()
 
     # ---- the supervisor's side (Service protocol, poll loop thread) ----
     def attach(self, sel: selectors.BaseSelector) -> None:
         self._sel = sel
-        sel.register(self._r, selectors.EVENT_READ, self._on_wake)
+        sel.register(self._pipe.r, selectors.EVENT_READ, self._on_wake)
 
     def _on_wake(self, events: int) -> None:
-        try:
-            while os.read(self._r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._pipe.drain()
 
     def timeout(self, now: float) -> float | None:
         return 0.0 if self._runnable() else None
@@ -132,14 +124,13 @@ class SupervisorBridge:
             return self._pending[0].config if self._pending else None
 
     def forget(self) -> None:
-        os.close(self._r)
-        os.close(self._w)
+        self._pipe.close()
 
     def close(self) -> None:
         self.stop()
         if self._sel is not None:
             try:
-                self._sel.unregister(self._r)
+                self._sel.unregister(self._pipe.r)
             except (KeyError, ValueError):
                 pass
         # the pipe stays open: the client thread may still write to it until it is stopped

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import selectors
 import threading
@@ -28,6 +27,7 @@ from omnirelay.config.endpoints import decode_endpoints
 from omnirelay.config.protos import mesh_pb2, mesh_pb2_grpc
 
 from .client import Backoff, _trailer_hint
+from .wakeup import WakePipe
 
 log = logging.getLogger("omnirelay.discovery")
 
@@ -210,17 +210,12 @@ class DiscoveryBridge:
         self.push = push
         self._queue: queue.SimpleQueue[tuple[str, tuple[Endpoint, ...]]] = queue.SimpleQueue()
         self._sel: selectors.BaseSelector | None = None
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
+        self._pipe = WakePipe()
 
     def deliver(self, cluster: str, endpoints: tuple[Endpoint, ...]) -> None:
         """Called on the client's thread."""
         self._queue.put((cluster, endpoints))
-        try:
-            os.write(self._w, b"!")
-        except BlockingIOError:
-            pass  # a wake-up is already pending
+        self._pipe.wake()
 
     def flush(self) -> None:
         """Hand over everything queued now (before the supervisor spawns its workers, so
@@ -234,13 +229,12 @@ class DiscoveryBridge:
 
     def release(self) -> None:
         """Close the pipe, once the client thread has stopped."""
-        for fd in (self._r, self._w):
-            os.close(fd)
+        self._pipe.close()
 
     # ---- the supervisor's service protocol ----
     def attach(self, sel: selectors.BaseSelector) -> None:
         self._sel = sel
-        sel.register(self._r, selectors.EVENT_READ, self._on_wake)
+        sel.register(self._pipe.r, selectors.EVENT_READ, self._on_wake)
 
     def timeout(self, now: float) -> float | None:
         return None
@@ -256,15 +250,11 @@ class DiscoveryBridge:
         # The client thread may still write a wake-up byte: the pipe stays open until
         # `release` (after the client stopped).
         if self._sel is not None:
-            self._sel.unregister(self._r)
+            self._sel.unregister(self._pipe.r)
             self._sel = None
 
     def _on_wake(self, events: int) -> None:
-        try:
-            while os.read(self._r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._pipe.drain()
         self.flush()
 
 

@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from omnirelay.config.protos import ca_pb2, ca_pb2_grpc
 
+from .wakeup import WakePipe
+
 log = logging.getLogger("omnirelay.identity")
 
 CALL_TIMEOUT = 10.0
@@ -321,28 +323,19 @@ class IdentityReload:
         self.build_check = build_check
         self.pending = False
         self.applied = 0
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
+        self._pipe = WakePipe()
         self._sel: selectors.BaseSelector | None = None
 
     def notify(self) -> None:
         self.pending = True
-        try:
-            os.write(self._w, b"x")
-        except (BlockingIOError, OSError):
-            pass
+        self._pipe.wake()
 
     def attach(self, sel: selectors.BaseSelector) -> None:
         self._sel = sel
-        sel.register(self._r, selectors.EVENT_READ, self._on_wake)
+        sel.register(self._pipe.r, selectors.EVENT_READ, self._on_wake)
 
     def _on_wake(self, events: int) -> None:
-        try:
-            while os.read(self._r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._pipe.drain()
 
     def _runnable(self) -> bool:
         sup = self.supervisor
@@ -372,12 +365,11 @@ class IdentityReload:
             self.applied += 1
 
     def forget(self) -> None:
-        os.close(self._r)
-        os.close(self._w)
+        self._pipe.close()
 
     def close(self) -> None:
         if self._sel is not None:
             try:
-                self._sel.unregister(self._r)
+                self._sel.unregister(self._pipe.r)
             except (KeyError, ValueError):
                 pass

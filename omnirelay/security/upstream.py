@@ -198,18 +198,24 @@ def _default_client_context() -> ssl.SSLContext:
     return ctx
 
 
-async def fetch_from_cluster(cluster_name: str, uri: HttpUri, *, timeout: float,
-                             limit: int = 1 << 20) -> bytes:
-    """The body of a 200 response to GET ``uri`` from the first endpoint of the cluster that
-    answers (healthy ones first). TLS: the cluster's own client context when it originates
-    TLS (its SNI if set, else the URI's host), else a default verifying context for https
-    URIs, else cleartext. Raises FetchError with the last reason."""
+def _reachable(cluster_name: str) -> tuple[Any, list[Any]]:
+    """The live cluster of that name and its endpoints to try; FetchError if none."""
     cluster = find_cluster(cluster_name)
     if cluster is None:
         raise FetchError(f"cluster {cluster_name!r} is not known to the running proxy")
     endpoints = candidate_endpoints(cluster)
     if not endpoints:
         raise FetchError(f"cluster {cluster_name!r} has no endpoints")
+    return cluster, endpoints
+
+
+async def fetch_from_cluster(cluster_name: str, uri: HttpUri, *, timeout: float,
+                             limit: int = 1 << 20) -> bytes:
+    """The body of a 200 response to GET ``uri`` from the first endpoint of the cluster that
+    answers (healthy ones first). TLS: the cluster's own client context when it originates
+    TLS (its SNI if set, else the URI's host), else a default verifying context for https
+    URIs, else cleartext. Raises FetchError with the last reason."""
+    cluster, endpoints = _reachable(cluster_name)
     ctx = getattr(cluster, "ssl_context", None)
     sni = getattr(cluster, "tls_sni", None)
     if ctx is None and uri.scheme == "https":
@@ -236,12 +242,7 @@ async def call_cluster(cluster_name: str, method: str, target: str,
     callout): (status, headers, body) from the first endpoint that accepts the connection
     (healthy ones first; a request is never sent twice). TLS as for fetch_from_cluster.
     Raises FetchError naming the last reason."""
-    cluster = find_cluster(cluster_name)
-    if cluster is None:
-        raise FetchError(f"cluster {cluster_name!r} is not known to the running proxy")
-    endpoints = candidate_endpoints(cluster)
-    if not endpoints:
-        raise FetchError(f"cluster {cluster_name!r} has no endpoints")
+    cluster, endpoints = _reachable(cluster_name)
     ctx = getattr(cluster, "ssl_context", None)
     host = next((v for n, v in headers if n.lower() == "host"), None)
     sni = getattr(cluster, "tls_sni", None) or (

@@ -5,7 +5,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 _TESTS = Path(__file__).resolve().parent.parent
 for _dir in (_TESTS / "meshkit", _TESTS / "runtime"):
     if str(_dir) not in sys.path:
         sys.path.insert(0, str(_dir))
+
+import mkharness
+
+
+@pytest.fixture
+def meshkit(tmp_path):
+    """A real `meshkit serve` (SQLite, no auth, plaintext) in tmp_path/mk."""
+    (tmp_path / "mk").mkdir()
+    server = mkharness.MeshKitProcess(tmp_path / "mk").start()
+    try:
+        yield server
+    finally:
+        server.stop()

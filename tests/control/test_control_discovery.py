@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import mkharness
-import pytest
 from runtime_harness import RelayProcess, Upstream, body_or_status, free_port, poll, request
 
 import omnirelay
@@ -34,16 +32,6 @@ def _set(meshkit, cluster: str, *ports: int) -> int:
     return meshkit.admin("SetEndpoints", admin_pb2.SetEndpointsRequest(
         cluster=cluster, endpoints=eps)).generation
 
-
-
-@pytest.fixture
-def meshkit(tmp_path):
-    (tmp_path / "mk").mkdir()
-    server = mkharness.MeshKitProcess(tmp_path / "mk").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_supervised_workers_follow_the_feed(tmp_path, meshkit):

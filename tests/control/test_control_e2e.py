@@ -8,7 +8,6 @@ import base64
 import json
 import signal
 
-import mkharness
 import pytest
 from runtime_harness import RelayProcess, Upstream, body_or_status, free_port, poll
 
@@ -35,16 +34,6 @@ def upstreams():
     finally:
         a.close()
         b.close()
-
-
-@pytest.fixture
-def meshkit(tmp_path):
-    (tmp_path / "mk").mkdir()
-    server = mkharness.MeshKitProcess(tmp_path / "mk").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 

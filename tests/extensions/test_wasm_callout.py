@@ -5,9 +5,9 @@ its call is in flight does not disturb the VM."""
 from __future__ import annotations
 
 import asyncio
-from typing import Self
 
 from aiohttp import web
+from authz_server import AuthzServer
 from harness import Client, Origin, get, make_config
 
 import omnirelay
@@ -17,14 +17,13 @@ from omnirelay.extensions.wasm import binding_statuses
 WASM = "omnirelay.filters.http.wasm"
 
 
-class Authz:
+class Authz(AuthzServer):
     """The authorization service: alice is allowed, slow waits until released, others not."""
 
     def __init__(self) -> None:
+        super().__init__(self._check)
         self.calls: list[dict[str, str]] = []
         self.release = asyncio.Event()
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
     async def _check(self, request: web.Request) -> web.Response:
         self.calls.append({"path": request.path, "user": request.headers.get("x-user", ""),
@@ -36,21 +35,9 @@ class Authz:
             return web.Response(text=f"ok:{user}", headers={"x-verdict": "allow"})
         return web.Response(status=403, text="no", headers={"x-verdict": "deny"})
 
-    async def __aenter__(self) -> Self:
-        app = web.Application()
-        app.router.add_get("/check", self._check)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
     async def __aexit__(self, *exc) -> None:
         self.release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await super().__aexit__(*exc)
 
 
 def config(origin_port: int, authz_port: int, plugin: str) -> dict:

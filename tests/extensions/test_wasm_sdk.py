@@ -7,10 +7,10 @@ denies it from proxy_on_http_call_response."""
 from __future__ import annotations
 
 import logging
-from typing import Self
 
 import pytest
 from aiohttp import web
+from authz_server import AuthzServer
 from harness import Client, Origin, eventually, get, make_config
 
 import omnirelay
@@ -25,33 +25,17 @@ VERDICTS = {"alice": "allow", "bob": "deny"}
 BODY_CALLS = "sdk_test.request_body_calls"  # a counter filter.ts defines through the SDK
 
 
-class Authz:
+class Authz(AuthzServer):
     """The callout target: answers x-verdict from a table of users (unknown users: deny)."""
 
     def __init__(self) -> None:
+        super().__init__(self._check)
         self.users: list[str] = []
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
     async def _check(self, request: web.Request) -> web.Response:
         user = request.headers.get("x-user", "")
         self.users.append(user)
         return web.Response(text="", headers={"x-verdict": VERDICTS.get(user, "deny")})
-
-    async def __aenter__(self) -> Self:
-        app = web.Application()
-        app.router.add_get("/check", self._check)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
 
 def sdk_config(plugin: str, origin_port: int, authz_port: int, *, name: str = "sdk",
