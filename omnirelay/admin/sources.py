@@ -56,11 +56,12 @@ def config_summary(config: Config, since: float) -> dict[str, Any]:
 
 
 def process_series(config: Config, workers: int, restarts: int,
-                   reloads: dict[str, int]) -> Series:
+                   reloads: dict[str, int], lkg_in_use: bool = False) -> Series:
     """The series the serving process adds to what its workers report."""
     meta = config.metadata
     out: Series = {
         ("omnirelay_config_info", (meta.version, str(meta.epoch))): 1,
+        ("omnirelay_config_lkg_in_use", ()): int(lkg_in_use),
         ("omnirelay_workers", ()): workers,
         ("omnirelay_worker_restarts_total", ()): restarts,
     }
@@ -91,7 +92,8 @@ class SupervisorSource:
     def series(self) -> Series:
         out = dict(self.sup.telemetry.series())
         out.update(process_series(self.sup.config, len(self.sup.workers_status()),
-                                  self.sup.restarts, self.sup.reloads))
+                                  self.sup.restarts, self.sup.reloads,
+                                  self.sup.config_source == "lkg"))
         return out
 
     def stats(self, window: float = 10.0) -> dict[str, Any]:

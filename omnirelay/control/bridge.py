@@ -114,9 +114,16 @@ class SupervisorBridge:
         with self._lock:
             pending, self._pending = self._pending, []
         for item in pending:
-            problem = self.supervisor.activate(item.config, item.finish)
+            problem = self.supervisor.activate(item.config, self._done(item))
             if problem is not None:
                 item.finish(problem)
+
+    def _done(self, item: _Pending):
+        def done(outcome: str | None) -> None:
+            if outcome is None:  # active on every worker: no longer the LKG
+                self.supervisor.config_source = "control_plane"
+            item.finish(outcome)
+        return done
 
     def staged(self) -> Config | None:
         """The config waiting to be activated, if any (the oldest)."""

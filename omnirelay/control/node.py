@@ -118,6 +118,7 @@ def run_node(opts: ControlOptions, *, build_check: Callable[[Config], Config],
 
         supervisor = make_supervisor(config, lambda: bridge.started(supervisor))
         supervisor.external_config = True
+        supervisor.config_source = "lkg" if source == "the LKG" else "control_plane"
         supervisor.config_slots = lambda: _config_slots(opts, keyring, bridge, discovery)
         supervisor.services.append(bridge)
         supervisors.append(supervisor)

@@ -124,6 +124,9 @@ class Supervisor:
         self.config_since = time.time()  # when the current config became active
         self.drain_requested = False
         self.external_config = False  # set when a control plane supplies the config
+        # Where the active config came from: "file", "control_plane" or "lkg" (a node that
+        # started from its last-known-good snapshot, until the control plane delivers one).
+        self.config_source = "file"
         self._reload_waiters: list[ReloadDone] = []
         # Endpoint lists from the control plane's discovery feed, by cluster, in the shape
         # of `endpoints`: every worker gets each change, and a new worker all of them.

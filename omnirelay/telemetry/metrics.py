@@ -144,6 +144,9 @@ METRICS: tuple[Metric, ...] = (
     # ---- the process ----
     Metric("omnirelay_config_info", GAUGE, ("version", "epoch"),
            "The active config: 1, labelled with its metadata version and epoch."),
+    Metric("omnirelay_config_lkg_in_use", GAUGE, (),
+           "1 while a node under a control plane serves the last-known-good snapshot it "
+           "started from (the control plane has not delivered a config since), else 0."),
     Metric("omnirelay_config_reloads_total", COUNTER, ("result",),
            "Config reloads: applied or rejected."),
     Metric("omnirelay_workers", GAUGE, (),

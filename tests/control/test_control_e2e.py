@@ -9,7 +9,7 @@ import json
 import signal
 
 import pytest
-from runtime_harness import RelayProcess, Upstream, body_or_status, free_port, poll
+from runtime_harness import RelayProcess, Upstream, body_or_status, free_port, poll, request
 
 from omnirelay.config.signing import Keyring, Signer, TrustedKey
 
@@ -23,7 +23,15 @@ def _doc(version: str, cluster: str, port: int, upstreams: dict[str, int]) -> di
             "clusters": [{"name": n, "endpoints": [{"address": "127.0.0.1", "port": p}]}
                          for n, p in upstreams.items()],
         },
+        "admin": {"address": "127.0.0.1", "port": 0},
     }
+
+
+def _lkg_in_use(proxy: RelayProcess) -> str:
+    admin = proxy.wait_for(r"omnirelay: admin on (\S+)", stream="stdout").group(1)
+    metrics = request(admin, "/metrics")[1]
+    return next(line.split()[1] for line in metrics.splitlines()
+                if line.startswith("omnirelay_config_lkg_in_use "))
 
 
 @pytest.fixture
@@ -59,6 +67,7 @@ def test_publish_nack_lkg_and_tampered_lkg(tmp_path, meshkit, upstreams):
         url = proxy.listeners(timeout=30)["edge"]
         assert body_or_status(url) == "A"
         poll(lambda: meshkit.nodes()["edge-1"].acked_version == "v1", what="ACK of v1")
+        assert _lkg_in_use(proxy) == "0.0"
 
         meshkit.publish(_doc("v2", "b", port, upstreams))
         poll(lambda: body_or_status(url) == "B", what="routing per v2")
@@ -90,6 +99,7 @@ def test_publish_nack_lkg_and_tampered_lkg(tmp_path, meshkit, upstreams):
         url = proxy.listeners(timeout=30)["edge"]
         assert body_or_status(url) == "B"
         proxy.wait_for("starting from the LKG")
+        assert _lkg_in_use(proxy) == "1.0"
     finally:
         assert proxy.stop() == 0, proxy.output()
 
