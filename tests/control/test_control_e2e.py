@@ -132,3 +132,28 @@ def test_no_config_and_no_control_plane_exits(tmp_path):
     finally:
         if proxy.proc.poll() is None:
             proxy.kill()
+
+
+def test_publish_reaches_every_node(tmp_path, meshkit, upstreams):
+    """Two real proxies, each watching its own node scope: every publish is applied by both,
+    which then route per the new config, and both ACK it."""
+    trust = tmp_path / "trust.json"
+    Keyring([meshkit.signer.trusted_key()]).save(trust)
+    ports = {"edge-1": free_port(), "edge-2": free_port()}
+    for node, port in ports.items():
+        meshkit.publish(_doc("v1", "a", port, upstreams), scope=f"node/{node}")
+    proxies = {node: RelayProcess("run", "--control-plane", meshkit.address, "--node-id", node,
+                                  "--trust-key", str(trust), "--bootstrap-timeout", "20s",
+                                  "--drain-timeout", "1s")
+               for node in ports}
+    try:
+        urls = {node: p.listeners(timeout=30)["edge"] for node, p in proxies.items()}
+        assert [body_or_status(u) for u in urls.values()] == ["A", "A"]
+        for node, port in ports.items():
+            meshkit.publish(_doc("v2", "b", port, upstreams), scope=f"node/{node}")
+        poll(lambda: all(body_or_status(u) == "B" for u in urls.values()), what="both on v2")
+        poll(lambda: all(meshkit.nodes()[n].acked_version == "v2" for n in ports),
+             what="both ACKs of v2")
+    finally:
+        for p in proxies.values():
+            assert p.stop() == 0, p.output()
