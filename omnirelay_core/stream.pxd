@@ -19,8 +19,7 @@ cdef class AccessSink:
     cdef public Py_ssize_t dropped      # lines dropped: the buffer was over its limit
     cdef Py_ssize_t limit
     cdef object on_data                 # called when the buffer stops being empty
-    cdef long clk_sec
-    cdef bytes clk_text
+    cdef list clk                       # [second, its ISO text]: see _json_timestamp
     cdef int add(self, HttpStream s) except -1
 
 

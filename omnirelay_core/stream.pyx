@@ -1237,10 +1237,9 @@ cdef class HttpStream(UpstreamCallbacks):
                 (now - self.upstream_start) * 1000.0 if self.upstream_start > 0 else None, ua)
 
     @staticmethod
-    def access_json_lines(list pending, list clk, object strftime, object gmtime,
-                          object flags):
+    def access_json_lines(list pending, list clk):
         """See the module function (exported through HttpStream, the core's Python face)."""
-        return access_json_lines(pending, clk, strftime, gmtime, flags)
+        return access_json_lines(pending, clk)
 
     # ---- Python API for filters ----
     def resume(self):
@@ -1343,7 +1342,6 @@ cdef int _json_str(ByteBuilder b, object v) except -1:
     cdef Py_ssize_t n, i, run
     cdef const char* p
     cdef unsigned char c
-    cdef char esc[6]
     if v is None:
         return b.append("null", 4)
     p = PyUnicode_AsUTF8AndSize(v, &n)
@@ -1356,24 +1354,7 @@ cdef int _json_str(ByteBuilder b, object v) except -1:
         if i > run:
             b.append(p + run, i - run)
         run = i + 1
-        if c == 34:
-            b.append('\\"', 2)
-        elif c == 92:
-            b.append("\\\\", 2)
-        elif c == 10:
-            b.append("\\n", 2)
-        elif c == 13:
-            b.append("\\r", 2)
-        elif c == 9:
-            b.append("\\t", 2)
-        elif c == 8:
-            b.append("\\b", 2)
-        elif c == 12:
-            b.append("\\f", 2)
-        else:
-            esc[0] = 92; esc[1] = 117; esc[2] = 48; esc[3] = 48   # \u00
-            esc[4] = _HEX[c >> 4]; esc[5] = _HEX[c & 15]
-            b.append(esc, 6)
+        _json_escape(b, c)
     if n > run:
         b.append(p + run, n - run)
     return b.append('"', 1)
@@ -1457,6 +1438,46 @@ cdef int _json_flag(ByteBuilder b, bint* first, const char* name, Py_ssize_t n) 
     return b.append('"', 1)
 
 
+cdef int _json_flags(ByteBuilder b, int bits, int attempts, bint local_reply) except -1:
+    """The record's "flags" list, in the order omnirelay.telemetry.accesslog lists them."""
+    cdef bint first = True
+    if bits & LOG_UPSTREAM_TIMEOUT:
+        _json_flag(b, &first, "upstream_timeout", 16)
+    if bits & LOG_PER_TRY_TIMEOUT:
+        _json_flag(b, &first, "per_try_timeout", 15)
+    if attempts > 1:
+        _json_flag(b, &first, "retried", 7)
+    if local_reply:
+        _json_flag(b, &first, "local_reply", 11)
+    if bits & LOG_UPSTREAM_RESET:
+        _json_flag(b, &first, "upstream_reset", 14)
+    if bits & LOG_SHADOWED:
+        _json_flag(b, &first, "shadowed", 8)
+    return b.append("[]" if first else "]", 2 if first else 1)
+
+
+cdef int _json_timestamp(ByteBuilder b, double start, list clk) except -1:
+    """"YYYY-MM-DDTHH:MM:SS.mmmZ" (UTC) for the Unix time `start`; `clk` caches the
+    text of the last second formatted: [second, bytes]."""
+    cdef long sec = <long>start
+    cdef int ms
+    cdef time_t t
+    cdef tm parts
+    cdef char iso[32]
+    cdef char tail[6]
+    if sec != <long>clk[0]:
+        t = <time_t>sec
+        gmtime_r(&t, &parts)
+        clk[1] = iso[:strftime(iso, sizeof(iso), "%Y-%m-%dT%H:%M:%S", &parts)]
+        clk[0] = sec
+    ms = <int>((start - sec) * 1000)
+    b.append('"', 1)
+    b.append_obj(clk[1])
+    tail[0] = 46; tail[1] = 48 + ms // 100; tail[2] = 48 + ms // 10 % 10
+    tail[3] = 48 + ms % 10; tail[4] = 90; tail[5] = 34     # .mmmZ"
+    return b.append(tail, 6)
+
+
 cdef class AccessSink:
     """Lines of the default JSON access log (every field, as the generated formatter of
     omnirelay.telemetry.accesslog writes them), formatted here when a request finishes and
@@ -1467,8 +1488,7 @@ cdef class AccessSink:
         self.buf = ByteBuilder()
         self.limit = limit
         self.on_data = on_data
-        self.clk_sec = -1
-        self.clk_text = b""
+        self.clk = [-1, b""]
 
     def take(self):
         """The buffered lines (bytes), leaving the buffer empty."""
@@ -1479,32 +1499,13 @@ cdef class AccessSink:
         cdef timespec ts
         cdef double now = monotonic()
         cdef double dur = (now - s.start_time) * 1000.0
-        cdef double start
-        cdef long sec
-        cdef int ms
-        cdef bint first = True
-        cdef char tail[6]
-        cdef char iso[32]
-        cdef tm parts
-        cdef time_t t
         cdef Py_ssize_t mark = b.length
         if b.length > self.limit:
             self.dropped += 1
             return 0
         clock_gettime(CLOCK_REALTIME, &ts)
-        start = <double>ts.tv_sec + ts.tv_nsec * 1e-9 - dur * 0.001
-        sec = <long>start
-        if sec != self.clk_sec:
-            t = <time_t>sec
-            gmtime_r(&t, &parts)
-            self.clk_text = iso[:strftime(iso, sizeof(iso), "%Y-%m-%dT%H:%M:%S", &parts)]
-            self.clk_sec = sec
-        ms = <int>((start - sec) * 1000)
-        b.append('{"timestamp":"', 14)
-        b.append_obj(self.clk_text)
-        tail[0] = 46; tail[1] = 48 + ms // 100; tail[2] = 48 + ms // 10 % 10
-        tail[3] = 48 + ms % 10; tail[4] = 90; tail[5] = 34     # .mmmZ"
-        b.append(tail, 6)
+        b.append('{"timestamp":', 13)
+        _json_timestamp(b, <double>ts.tv_sec + ts.tv_nsec * 1e-9 - dur * 0.001, self.clk)
         b.append(',"request_id":', 14)
         if s.request_id is None:
             b.append("null", 4)
@@ -1548,19 +1549,7 @@ cdef class AccessSink:
         b.append(',"status":', 10)
         b.append_int(s.status)
         b.append(',"flags":', 9)
-        if s.log_flags & LOG_UPSTREAM_TIMEOUT:
-            _json_flag(b, &first, "upstream_timeout", 16)
-        if s.log_flags & LOG_PER_TRY_TIMEOUT:
-            _json_flag(b, &first, "per_try_timeout", 15)
-        if s.attempts > 1:
-            _json_flag(b, &first, "retried", 7)
-        if s.local_reason is not None:
-            _json_flag(b, &first, "local_reply", 11)
-        if s.log_flags & LOG_UPSTREAM_RESET:
-            _json_flag(b, &first, "upstream_reset", 14)
-        if s.log_flags & LOG_SHADOWED:
-            _json_flag(b, &first, "shadowed", 8)
-        b.append("[]" if first else "]", 2 if first else 1)
+        _json_flags(b, s.log_flags, s.attempts, s.local_reason is not None)
         b.append(',"retries":', 11)
         b.append_int(s.attempts - 1 if s.attempts > 1 else 0)
         b.append(',"reason":', 10)
@@ -1585,31 +1574,18 @@ cdef class AccessSink:
         return 0
 
 
-def access_json_lines(list pending, list clk, object strftime, object gmtime, object flags):
+def access_json_lines(list pending, list clk):
     """The default JSON access-log lines (every field) for a batch of (wall_end, record)
     pairs, each ending in a newline, as UTF-8 bytes: the compiled twin of
     omnirelay.telemetry.accesslog's generated formatter, run on the logger's flush timer
     (never per request)."""
     cdef ByteBuilder b = ByteBuilder()
     cdef tuple r
-    cdef double w, t
-    cdef long s
-    cdef int attempts, ms
-    cdef char tail[8]
+    cdef int attempts
     for item in pending:
-        w = (<tuple>item)[0]
         r = <tuple>(<tuple>item)[1]
-        t = w - <double>r[16] * 0.001
-        s = <long>t
-        if s != clk[0]:
-            clk[0] = s
-            clk[1] = strftime("%Y-%m-%dT%H:%M:%S", gmtime(s)).encode()
-        ms = <int>((t - s) * 1000)
-        b.append('{"timestamp":"', 14)
-        b.append_obj(clk[1])
-        tail[0] = 46; tail[1] = 48 + ms // 100; tail[2] = 48 + ms // 10 % 10
-        tail[3] = 48 + ms % 10; tail[4] = 90; tail[5] = 34     # .mmmZ"
-        b.append(tail, 6)
+        b.append('{"timestamp":', 13)
+        _json_timestamp(b, <double>(<tuple>item)[0] - <double>r[16] * 0.001, clk)
         b.append(',"request_id":', 14)
         _json_str(b, r[0])
         b.append(',"listener":', 12)
@@ -1634,10 +1610,7 @@ def access_json_lines(list pending, list clk, object strftime, object gmtime, ob
         b.append_int(r[10])
         attempts = r[11]
         b.append(',"flags":', 9)
-        if r[12] or attempts > 1 or r[13] is not None:
-            b.append_obj(flags(r).encode())
-        else:
-            b.append("[]", 2)
+        _json_flags(b, r[12], attempts, r[13] is not None)
         b.append(',"retries":', 11)
         b.append_int(attempts - 1 if attempts > 1 else 0)
         b.append(',"reason":', 10)

@@ -226,14 +226,9 @@ class Formatter:
     def batch(self, pending: list[tuple[float, tuple]]) -> bytes:
         """Newline-terminated UTF-8 lines for (wall_end, record) pairs."""
         if self.compiled:
-            return HttpStream.access_json_lines(pending, self._bclk, time.strftime,
-                                                time.gmtime, _dumps_flags)
+            return HttpStream.access_json_lines(pending, self._bclk)
         line = self.line
         return ("\n".join([line(w, r) for w, r in pending]) + "\n").encode("utf-8")
-
-
-def _dumps_flags(rec: tuple) -> str:
-    return _dumps_list(_flags(rec))
 
 
 def _dumps_list(items: list[str]) -> str:
