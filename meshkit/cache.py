@@ -9,8 +9,9 @@ row or a wrong key is caught here, not by every node). The cache is fed from the
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from omnirelay.config.protos import mesh_pb2
 from omnirelay.config.signing import ALGORITHM, Keyring, Signer, document_digest
 
 from .scopes import scopes_for
@@ -32,6 +33,9 @@ class Snapshot:
     key_id: str
     signature: bytes
     algorithm: str = ALGORITHM
+    # The serialized omnirelay.mesh.v1.Snapshot without its nonce, made once per snapshot so
+    # that a push to many nodes costs a concatenation each (see server/watch.py).
+    wire: bytes = field(default=b"", repr=False, compare=False)
 
     @classmethod
     def build(cls, stored: StoredConfig, signer: Signer) -> Snapshot:
@@ -55,7 +59,22 @@ class Snapshot:
         Keyring([signer.trusted_key()]).verify(
             snapshot.document, snapshot.signature, snapshot.key_id, sha256=snapshot.sha256
         )
+        object.__setattr__(snapshot, "wire", snapshot_wire(snapshot))
         return snapshot
+
+
+def snapshot_wire(snapshot: Snapshot) -> bytes:
+    return mesh_pb2.Snapshot(
+        version=snapshot.version,
+        epoch=snapshot.epoch,
+        scope=snapshot.scope,
+        revision=snapshot.revision,
+        document=snapshot.document,
+        sha256=snapshot.sha256,
+        key_id=snapshot.key_id,
+        signature=snapshot.signature,
+        signature_algorithm=snapshot.algorithm,
+    ).SerializeToString(deterministic=True)
 
 
 class SnapshotCache:

@@ -192,6 +192,9 @@ def serve(db: str, signing_key: str, key_id: str | None, listen: str, tokens_fil
         await mesh.stop()
         await store.close()
 
+    import uvloop  # grpc.aio runs on it with about a fifth less CPU per pushed snapshot
+
+    uvloop.install()
     asyncio.run(run())
 
 

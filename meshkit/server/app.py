@@ -30,7 +30,7 @@ from ..ca.server_tls import ServerIdentity
 from ..cache import SnapshotCache, SnapshotError
 from ..publish import Publisher
 from ..store import Store, StoreError
-from . import ca_service
+from . import ca_service, watch
 from .discovery import EndpointDiscoveryService, EndpointFeed
 from .nodes import NodeRegistry, RepushPolicy
 from .status import NodeStatusService
@@ -103,7 +103,7 @@ class MeshKit:
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ]
         )
-        mesh_pb2_grpc.add_ConfigWatchServicer_to_server(
+        watch.add_to_server(
             ConfigWatchService(self.cache, self.registry, self.store, self._stopping,
                                retry=self.retry),
             server,

@@ -51,19 +51,41 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
-def snapshot_message(snapshot: Snapshot, nonce: str) -> mesh_pb2.Snapshot:
-    return mesh_pb2.Snapshot(
-        version=snapshot.version,
-        nonce=nonce,
-        epoch=snapshot.epoch,
-        scope=snapshot.scope,
-        revision=snapshot.revision,
-        document=snapshot.document,
-        sha256=snapshot.sha256,
-        key_id=snapshot.key_id,
-        signature=snapshot.signature,
-        signature_algorithm=snapshot.algorithm,
-    )
+def snapshot_response(snapshot: Snapshot, nonce: str) -> bytes:
+    """The serialized WatchResponse carrying `snapshot` with `nonce`: the snapshot's wire form
+    made once per publish plus the nonce field (protobuf fields may come in any order)."""
+    inner = snapshot.wire + _field(2, nonce.encode())  # Snapshot.nonce = 2
+    return _field(1, inner)  # WatchResponse.snapshot = 1
+
+
+def _field(number: int, value: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    n = len(value)
+    head = bytearray([number << 3 | 2])
+    while n >= 0x80:
+        head.append(n & 0x7F | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + value
+
+
+def _serialize(response: mesh_pb2.WatchResponse | bytes) -> bytes:
+    return response if type(response) is bytes else response.SerializeToString()
+
+
+def add_to_server(service: ConfigWatchService, server: grpc.aio.Server) -> None:
+    """Register the watch service as the generated code does, but with a serializer that
+    passes pre-serialized responses through."""
+    handlers = {
+        "Watch": grpc.stream_stream_rpc_method_handler(
+            service.Watch,
+            request_deserializer=mesh_pb2.WatchRequest.FromString,
+            response_serializer=_serialize,
+        )
+    }
+    name = "omnirelay.mesh.v1.ConfigWatch"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
 
 
 def check_node(node: mesh_pb2.Node) -> str | None:
@@ -194,9 +216,7 @@ class ConfigWatchService(mesh_pb2_grpc.ConfigWatchServicer):
                 if snapshot is not None and (snapshot is not sent or repush):
                     nonce = secrets.token_hex(8)
                     self.registry.sent(state, snapshot, nonce)
-                    await context.write(
-                        mesh_pb2.WatchResponse(snapshot=snapshot_message(snapshot, nonce))
-                    )
+                    await context.write(snapshot_response(snapshot, nonce))
                     sent = snapshot
                     log.debug("sent %s revision %d (%s) to %s, nonce %s", snapshot.scope,
                               snapshot.revision, snapshot.version, node.id, nonce)

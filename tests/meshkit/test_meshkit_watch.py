@@ -3,6 +3,7 @@ on the generated stubs. Tests share one server (module fixture) and so use disti
 and scopes; the ones that signal or stop the server get their own."""
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -276,3 +277,24 @@ def test_shutdown_tells_nodes_when_to_come_back(fresh_meshkit):
     finally:
         node.close()
     assert mk.stop() == 0
+
+
+@pytest.mark.parametrize("nonce_size", [0, 16, 127, 128, 300, 20_000])
+def test_preserialized_snapshot_response_parses_as_the_message(nonce_size):
+    """The push path concatenates the snapshot's wire form made at publish with the nonce
+    field; it must decode to the very message the generated code would have built."""
+    from meshkit.cache import Snapshot
+    from meshkit.server.watch import snapshot_response
+    from meshkit.store import StoredConfig
+
+    doc = json.dumps(document("wire")).encode() + b" " * nonce_size  # lengths past a varint byte
+    stored = StoredConfig(scope="region/eu", revision=300, version="wire", epoch=2 ** 40,
+                          document=doc, sha256=document_digest(doc), actor="test", updated_at=0.0)
+    snapshot = Snapshot.build(stored, Signer.generate())
+    nonce = "n" * nonce_size
+    parsed = mesh_pb2.WatchResponse.FromString(snapshot_response(snapshot, nonce))
+    assert parsed.WhichOneof("kind") == "snapshot"
+    assert parsed.snapshot == mesh_pb2.Snapshot(
+        version="wire", nonce=nonce, epoch=2 ** 40, scope="region/eu", revision=300,
+        document=doc, sha256=snapshot.sha256, key_id=snapshot.key_id,
+        signature=snapshot.signature, signature_algorithm="ed25519")
