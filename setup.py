@@ -81,13 +81,20 @@ class BuildPy(build_py):
         super().run()
 
 
+def _libraries(pyx):
+    if pyx.startswith("http2"):
+        return ["nghttp2"]  # HTTP/2 framing comes from the system libnghttp2 (libnghttp2-dev)
+    if pyx == "tls.pyx":
+        return ["dl"]  # OpenSSL is found at run time, in the library Python's _ssl uses
+    return []
+
+
 def extensions():
     cflags = ["-O0", "-g"] if os.environ.get("OMNIRELAY_DEBUG") == "1" else ["-O2"]
     return [
         Extension("omnirelay_core." + os.path.basename(pyx)[:-4], [pyx],
                   include_dirs=[LLHTTP_DIR, "omnirelay_core"], extra_compile_args=cflags,
-                  # HTTP/2 framing comes from the system libnghttp2 (libnghttp2-dev).
-                  libraries=["nghttp2"] if os.path.basename(pyx).startswith("http2") else [])
+                  libraries=_libraries(os.path.basename(pyx)))
         for pyx in sorted(glob.glob(os.path.join("omnirelay_core", "*.pyx")))
     ]
 

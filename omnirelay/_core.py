@@ -27,6 +27,8 @@ from omnirelay_core.server import ListenerRuntime
 from omnirelay_core.sni import SniTable, negotiated_alpn, parse_client_hello
 from omnirelay_core.stats import UPSTREAM_TIME_BOUNDS, Stats, UpstreamStats
 from omnirelay_core.stream import AccessSink, HttpStream, ListenerState
+from omnirelay_core.tls import TlsServer
+from omnirelay_core.tls import unavailable as core_tls_unavailable
 from omnirelay_core.upstream import Cluster, Endpoint
 
 __all__ = [
@@ -59,11 +61,13 @@ __all__ = [
     "RouteTable",
     "SniTable",
     "Stats",
+    "TlsServer",
     "UpstreamProtocolError",
     "UpstreamReset",
     "UpstreamStats",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "core_tls_unavailable",
     "native_host_api_address",
     "native_include_dir",
     "negotiated_alpn",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import time
 from collections.abc import Iterable, Mapping
@@ -20,7 +21,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Self
 
-from omnirelay._core import L4ListenerRuntime, L4ListenerState, ListenerRuntime, pool_stats
+from omnirelay._core import (
+    L4ListenerRuntime,
+    L4ListenerState,
+    ListenerRuntime,
+    TlsServer,
+    core_tls_unavailable,
+    pool_stats,
+)
 from omnirelay.admin import AdminApp, AsyncAdminServer, RelaySource
 from omnirelay.clusters import HealthCheckers
 from omnirelay.config import Admin, Config, Endpoint, Listener, load_config
@@ -55,37 +63,61 @@ def _kind(lst: Listener) -> str:
     if lst.tls.client_ca_file is None:
         return "https"
     # The client-certificate demand is fixed when a connection's TLS object is made from
-    # the listener's first context, so changing it needs a new socket.
-    return "https+mtls" if lst.tls.require_client_certificate else "https+optional-mtls"
+    # the listener's first context, so changing it needs a new socket; so is the CRL check
+    # (its verify flag; the CRLs themselves come from the current context's store).
+    kind = "https+mtls" if lst.tls.require_client_certificate else "https+optional-mtls"
+    return kind + "+crl" if lst.tls.client_crl_file is not None else kind
+
+
+HANDSHAKE_TIMEOUT = 10.0  # seconds from accept to a finished TLS handshake (core TLS)
+
+
+def core_tls_reason() -> str | None:
+    """Why TLS listeners use the event loop's TLS instead of the core's, or None.
+    OMNIRELAY_CORE_TLS=0 asks for the event loop's (a fallback, and for A/B measurements)."""
+    if os.environ.get("OMNIRELAY_CORE_TLS", "1") == "0":
+        return "OMNIRELAY_CORE_TLS=0"
+    return core_tls_unavailable()
 
 
 class _TlsSwitch:
-    """A TLS listener's server keeps the SSLContext it started with; that context's SNI
-    callback (run for every ClientHello, with or without SNI) hands the connection the
-    context of the current config for the requested server name. A reload thus changes
-    certificates and ALPN for new connections without re-binding, and open connections keep
-    what they negotiated. Once a certificate or bundle the listener relies on has expired,
-    handshakes are refused (fail closed) until a reload brings valid material."""
+    """A TLS listener keeps the SSLContext it started with (the front); the server-name
+    step of every handshake (run for every ClientHello, with or without SNI) hands the
+    connection the context of the current config for the requested server name. A reload
+    thus changes certificates and ALPN for new connections without re-binding, and open
+    connections keep what they negotiated. Once a certificate or bundle the listener relies
+    on has expired, handshakes are refused (fail closed) until a reload brings valid
+    material. With TLS in the core the core asks `choose`; otherwise the front context's
+    sni_callback does."""
 
-    def __init__(self, listener: str, tls: ServerTls) -> None:
+    def __init__(self, listener: str, tls: ServerTls, *, core: bool) -> None:
         self.listener = listener
         self.front = tls.default
         self.current = tls
         self.refused = 0  # handshakes refused for expired material
         self._logged: ServerTls | None = None
-        tls.default.sni_callback = self._select
+        self.server = TlsServer(self.front, self.choose, HANDSHAKE_TIMEOUT) if core else None
+        if not core:
+            tls.default.sni_callback = self._select
+
+    def choose(self, server_name: str | None) -> ssl.SSLContext | None:
+        """The context for this server name, or None to refuse the handshake."""
+        current = self.current
+        if time.time() >= current.not_after:
+            self._refuse(current)
+            return None
+        return current.select(server_name)
 
     def _select(self, sslobj: ssl.SSLObject, server_name: str | None,
                 context: ssl.SSLContext) -> int | None:
-        current = self.current
-        if time.time() >= current.not_after:
-            return self._refuse(current)
-        chosen = current.select(server_name)
+        chosen = self.choose(server_name)
+        if chosen is None:
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
         if chosen is not context:
             sslobj.context = chosen
         return None
 
-    def _refuse(self, current: ServerTls) -> int:
+    def _refuse(self, current: ServerTls) -> None:
         self.refused += 1
         if self._logged is not current:
             self._logged = current
@@ -94,7 +126,6 @@ class _TlsSwitch:
             log.error("listener %s: %s expired at %s; refusing TLS handshakes until new "
                       "material is loaded (reload)", self.listener, filename,
                       time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(end)))
-        return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
 
 
 def _admin_settings(admin: Admin | Mapping[str, Any] | bool | None,
@@ -139,6 +170,10 @@ class Relay:
         # A package file that changes rebuilds the active config (extension hot reload).
         self._packages = PackageWatcher(lambda: self.reload(self.config))
         self._reuse_port = reuse_port
+        reason = core_tls_reason()
+        self._core_tls = reason is None
+        if reason is not None and self._built.tls:
+            log.info("TLS listeners use the event loop's TLS: %s", reason)
         self._ports = dict(ports or {})
         self._listeners: dict[str, ListenerRuntime | L4ListenerRuntime] = {}
         self._bound: dict[str, tuple[str, int]] = {}
@@ -183,8 +218,11 @@ class Relay:
         if isinstance(state, L4ListenerState):
             runtime: ListenerRuntime | L4ListenerRuntime = L4ListenerRuntime(state)
         elif lst.name in built.tls:
-            switch = _TlsSwitch(lst.name, built.tls[lst.name])
-            runtime = ListenerRuntime(state, ssl=switch.front)
+            switch = _TlsSwitch(lst.name, built.tls[lst.name], core=self._core_tls)
+            if switch.server is not None:
+                runtime = ListenerRuntime(state, tls=switch.server)
+            else:
+                runtime = ListenerRuntime(state, ssl=switch.front)
         else:
             runtime = ListenerRuntime(state)
         port = self._ports.get(lst.name, lst.port)
@@ -384,6 +422,13 @@ class Relay:
             if switch.refused:
                 out.append(("omnirelay_tls_handshakes_refused_total", (name, "expired"),
                             switch.refused))
+            server = switch.server
+            if server is not None:
+                out += [("omnirelay_tls_handshakes_total", (name,), server.handshakes),
+                        ("omnirelay_tls_handshake_errors_total", (name, "failed"),
+                         server.handshake_failures),
+                        ("omnirelay_tls_handshake_errors_total", (name, "timeout"),
+                         server.handshake_timeouts)]
         return out
 
     def stats(self) -> dict[str, Any]:

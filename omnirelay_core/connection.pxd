@@ -20,10 +20,17 @@ cdef class Connection(Http1Events):
     cdef bint reading_paused
     cdef bint writing_paused
     cdef double last_activity
+    cdef int corked                 # > 0: writes are held, and leave as one at uncork
+    cdef list held
 
+    cdef char* read_space(self, Py_ssize_t* room) except NULL
+    cdef int received(self, Py_ssize_t nbytes) except -1
     cdef int data_ready(self) except -1
     cdef void consumed_all(self) noexcept
     cdef int write(self, object data) except -1
+    cdef void cork(self) noexcept
+    cdef int uncork(self) except -1
+    cdef int flush_held(self) except -1
     cdef void pause_reading(self)
     cdef void resume_reading(self)
     cdef void close(self)

@@ -1,6 +1,7 @@
 # The lifecycle base shared by downstream and upstream connections: asyncio's
 # BufferedProtocol callbacks land here and reads go straight into pooled slabs.
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from libc.string cimport memmove
 from omnirelay_core.http1 cimport Http1Events
 from omnirelay_core.buffers cimport BufferPool
@@ -37,27 +38,16 @@ cdef class Connection(Http1Events):
         self.last_activity = monotonic()
 
     def get_buffer(self, Py_ssize_t sizehint):
-        if self.slab is None:
-            self.slab = self.pool.acquire()
-            self.view = None
-            self.start = self.end = 0
+        cdef Py_ssize_t room
+        self.read_space(&room)
         if self.end == 0:
             return self.slab
-        if self.start > 0:
-            # Keep unparsed bytes (a paused pipelined request) at the front.
-            memmove(<char*>self.slab, (<char*>self.slab) + self.start, self.end - self.start)
-            self.end -= self.start
-            self.start = 0
-        if self.end == len(self.slab):
-            self.view = None
-            self.slab.extend(bytes(len(self.slab)))
         if self.view is None:
             self.view = memoryview(self.slab)
         return self.view[self.end:]
 
     def buffer_updated(self, Py_ssize_t nbytes):
-        self.end += nbytes
-        self.data_ready()
+        self.received(nbytes)
 
     def eof_received(self):
         # on_eof returns 1 to keep the write side open (half-close).
@@ -76,6 +66,29 @@ cdef class Connection(Http1Events):
         self.writing_paused = False
         self.on_resume_writing()
 
+    # ---- reads, also fed by the core's TLS layer (tls.pyx) without a memoryview ----
+    cdef char* read_space(self, Py_ssize_t* room) except NULL:
+        """Where the next read goes, with `room` bytes free: a pooled slab, after the
+        unparsed bytes (a paused pipelined request), grown when full."""
+        if self.slab is None:
+            self.slab = self.pool.acquire()
+            self.view = None
+            self.start = self.end = 0
+        elif self.end != 0:
+            if self.start > 0:
+                memmove(<char*>self.slab, (<char*>self.slab) + self.start, self.end - self.start)
+                self.end -= self.start
+                self.start = 0
+            if self.end == len(self.slab):
+                self.view = None    # an exported view would block the resize
+                self.slab.extend(bytes(len(self.slab)))
+        room[0] = len(self.slab) - self.end
+        return PyByteArray_AS_STRING(self.slab) + self.end
+
+    cdef int received(self, Py_ssize_t nbytes) except -1:
+        self.end += nbytes
+        return self.data_ready()
+
     # ---- for subclasses ----
     cdef int data_ready(self) except -1:
         self.consumed_all()
@@ -93,8 +106,35 @@ cdef class Connection(Http1Events):
         self.start = self.end = 0
 
     cdef int write(self, object data) except -1:
+        if self.closed:
+            return 0
+        if self.corked:
+            if self.held is None:
+                self.held = [data]
+            else:
+                self.held.append(data)
+            return 0
+        self._write(data)
+        return 0
+
+    # A response's head and body written in one callback (an upstream read that holds
+    # both) leave in one send, and over TLS in one record, instead of one each.
+    cdef void cork(self) noexcept:
+        self.corked += 1
+
+    cdef int uncork(self) except -1:
+        self.corked -= 1
+        if self.corked == 0 and self.held is not None:
+            self.flush_held()
+        return 0
+
+    cdef int flush_held(self) except -1:
+        cdef list held = self.held
+        if held is None:
+            return 0
+        self.held = None
         if not self.closed:
-            self._write(data)
+            self._write(held[0] if len(held) == 1 else b"".join(held))
         return 0
 
     cdef void pause_reading(self):
@@ -115,11 +155,17 @@ cdef class Connection(Http1Events):
 
     cdef void close(self):
         if self.transport is not None and not self.closed:
+            if self.held is not None:
+                try:
+                    self.flush_held()
+                except Exception:
+                    pass
             self.closed = True
             self.transport.close()
 
     cdef void abort(self):
         if self.transport is not None and not self.closed:
+            self.held = None
             self.closed = True
             self.transport.abort()
 

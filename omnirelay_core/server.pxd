@@ -26,3 +26,4 @@ cdef class ListenerRuntime:
     cdef public object server
     cdef public bint draining
     cdef public object ssl
+    cdef public object tls              # a tls.TlsServer: TLS terminated in the core

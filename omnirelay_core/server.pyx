@@ -14,6 +14,7 @@ from omnirelay_core.stats cimport Stats
 from omnirelay_core.stream cimport (HttpStream, DownstreamCodec, ListenerState,
                                     _new_stream)
 from omnirelay_core.errors cimport reason_phrase
+from omnirelay_core.tls cimport TlsServer
 
 from omnirelay_core.errors import ProxyError, BadRequest, RequestTimeout, InternalError
 
@@ -119,6 +120,12 @@ cdef class Http1Codec(DownstreamCodec):
     cdef int stream_complete(self, HttpStream s) except -1:
         return self.conn.on_stream_complete(s)
 
+    cdef void cork(self) noexcept:
+        self.conn.cork()
+
+    cdef int uncork(self) except -1:
+        return self.conn.uncork()
+
     cdef int start_tunnel(self, HttpStream s) except -1:
         self.conn.tunnel = True
         self.conn.resume_reading()
@@ -130,6 +137,7 @@ cdef class Http1Codec(DownstreamCodec):
 
     cdef int tunnel_eof(self, HttpStream s) except -1:
         try:
+            self.conn.flush_held()
             self.conn.transport.write_eof()
         except Exception:
             self.conn.close()
@@ -451,15 +459,19 @@ cdef Http1ServerConnection _new_connection(ListenerRuntime lr):
 cdef class ListenerRuntime:
     """One listening socket of a worker and the connections it accepted. The
     ListenerState reference is swapped on reload; connections read it per request.
-    `ssl`: an SSLContext for TLS listeners (ALPN "h2" selects HTTP/2)."""
+    TLS listeners take `tls`, a TlsServer (TLS in the core), or `ssl`, an SSLContext
+    for the event loop's TLS; ALPN "h2" selects HTTP/2 either way."""
 
-    def __init__(self, ListenerState state, ssl=None):
+    def __init__(self, ListenerState state, ssl=None, TlsServer tls=None):
         self.state = state
         self.stats = state.stats
         self.connections = set()
         self.ssl = ssl
+        self.tls = tls
 
     def protocol_factory(self):
+        if self.tls is not None:
+            return (<TlsServer>self.tls).protocol(_new_connection(self))
         return _new_connection(self)
 
     async def start(self, str host, int port, *, bint reuse_port=False, sock=None, int backlog=1024):

@@ -70,6 +70,8 @@ cdef class DownstreamCodec:
     cdef int start_tunnel(self, HttpStream s) except -1
     cdef int tunnel_write(self, HttpStream s, const char* p, Py_ssize_t n) except -1
     cdef int tunnel_eof(self, HttpStream s) except -1
+    cdef void cork(self) noexcept
+    cdef int uncork(self) except -1
 
 
 cdef HttpStream _new_stream(DownstreamCodec codec, ListenerState listener, str peer, bytes peer_bytes)

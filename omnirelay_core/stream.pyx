@@ -210,6 +210,10 @@ cdef class DownstreamCodec:
         return 0
     cdef int tunnel_eof(self, HttpStream s) except -1:
         return 0
+    cdef void cork(self) noexcept:
+        pass
+    cdef int uncork(self) except -1:
+        return 0
 
 
 # Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
@@ -1033,6 +1037,14 @@ cdef class HttpStream(UpstreamCallbacks):
 
     cdef int on_upstream_tunnel_eof(self) except -1:
         return self.codec.tunnel_eof(self)
+
+    cdef int on_upstream_read(self, bint begin) except -1:
+        if self.codec is not None:
+            if begin:
+                self.codec.cork()
+            else:
+                self.codec.uncork()
+        return 0
 
     cdef int on_upstream_write_paused(self, bint paused) except -1:
         return self.codec.read_disable(self, paused)

@@ -14,6 +14,9 @@ cdef class UpstreamCallbacks:
     cdef int on_upstream_tunnel_data(self, const char* p, size_t n) except -1
     cdef int on_upstream_tunnel_eof(self) except -1
     cdef int on_upstream_write_paused(self, bint paused) except -1
+    # Around the handling of one read: what the stream writes downstream meanwhile may
+    # leave as one send.
+    cdef int on_upstream_read(self, bint begin) except -1
 
 
 cdef class Endpoint:

@@ -34,6 +34,8 @@ cdef class UpstreamCallbacks:
         return 0
     cdef int on_upstream_tunnel_eof(self) except -1:
         return 0
+    cdef int on_upstream_read(self, bint begin) except -1:
+        return 0
     cdef int on_upstream_write_paused(self, bint paused) except -1:
         return 0
 
@@ -699,47 +701,54 @@ cdef class UpstreamConnection(Connection):
     cdef int data_ready(self) except -1:
         cdef size_t consumed
         cdef int err
-        cdef UpstreamCallbacks cb
+        cdef UpstreamCallbacks cb, corked
         if self.cb is None and not self.attached_once:
             # Server-first protocol (a banner) before the stream took the
             # connection: keep the bytes; flush_early decides.
             self.pause_reading()
             return 0
         self.got_bytes = True
-        while self.start < self.end:
-            if self.tunnel:
-                cb = self.cb
-                if cb is not None:
-                    cb.on_upstream_tunnel_data((<char*>self.slab) + self.start, self.end - self.start)
-                break
-            if self.cb is None:
-                # Bytes on an idle connection: the upstream broke the protocol.
-                self.endpoint.forget(self)
-                self.abort()
-                break
-            try:
-                err = self.parser.execute((<char*>self.slab) + self.start,
-                                          self.end - self.start, &consumed)
-            except Exception as e:
-                cb = self.cb
-                self.detach_and_close()
-                if cb is not None:
-                    cb.on_upstream_reset(UpstreamProtocolError(str(e)))
-                break
-            self.start += consumed
-            if err == HPE_PAUSED_UPGRADE:
-                self.parser.resume_after_upgrade()
-                self.tunnel = True
-            elif err == HPE_PAUSED:
-                self.parser.resume()
-                if self.start < self.end and not self.tunnel:
-                    # Bytes after a complete response we did not ask for.
+        corked = self.cb
+        if corked is not None:
+            corked.on_upstream_read(True)
+        try:
+            while self.start < self.end:
+                if self.tunnel:
                     cb = self.cb
+                    if cb is not None:
+                        cb.on_upstream_tunnel_data((<char*>self.slab) + self.start, self.end - self.start)
+                    break
+                if self.cb is None:
+                    # Bytes on an idle connection: the upstream broke the protocol.
                     self.endpoint.forget(self)
+                    self.abort()
+                    break
+                try:
+                    err = self.parser.execute((<char*>self.slab) + self.start,
+                                              self.end - self.start, &consumed)
+                except Exception as e:
+                    cb = self.cb
                     self.detach_and_close()
                     if cb is not None:
-                        cb.on_upstream_reset(UpstreamProtocolError("data after a complete response"))
+                        cb.on_upstream_reset(UpstreamProtocolError(str(e)))
                     break
+                self.start += consumed
+                if err == HPE_PAUSED_UPGRADE:
+                    self.parser.resume_after_upgrade()
+                    self.tunnel = True
+                elif err == HPE_PAUSED:
+                    self.parser.resume()
+                    if self.start < self.end and not self.tunnel:
+                        # Bytes after a complete response we did not ask for.
+                        cb = self.cb
+                        self.endpoint.forget(self)
+                        self.detach_and_close()
+                        if cb is not None:
+                            cb.on_upstream_reset(UpstreamProtocolError("data after a complete response"))
+                        break
+        finally:
+            if corked is not None:
+                corked.on_upstream_read(False)
         self.consumed_all()
         return 0
 

@@ -403,7 +403,8 @@ def parse_wrk(text: str) -> dict:
 
     rps = float(need(r"^Requests/sec:\s+([\d.]+)").group(1))
     num, unit = need(r"^Transfer/sec:\s+([\d.]+)([KMGT]?B)").groups()
-    out = {"rps": rps, "mbps": float(num) * _SIZE_B[unit] / _SIZE_B["MB"]}
+    out = {"rps": rps, "mbps": float(num) * _SIZE_B[unit] / _SIZE_B["MB"],
+           "requests": int(need(r"^\s*(\d+) requests in").group(1))}
     for pct in (50, 99):
         num, unit = need(rf"^\s+{pct}(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$").groups()
         out[f"p{pct}_ms"] = float(num) * _TIME_MS[unit]

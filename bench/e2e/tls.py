@@ -44,7 +44,9 @@ except ImportError:  # run as a script: this directory is sys.path[0]
 
 HOST = e2e.HOST
 TARGET = 0.6  # OmniRelay keep-alive requests/s over nginx's, both terminating TLS
-PEERS = ("nginx-tls", "omnirelay-tls")
+# omnirelay-tls terminates TLS in the core; omnirelay-tls-loop is the same proxy with
+# OMNIRELAY_CORE_TLS=0, i.e. uvloop's SSLProtocol (the fallback), for an A/B in the same run.
+PEERS = ("nginx-tls", "omnirelay-tls", "omnirelay-tls-loop")
 
 
 def write_certificate(tmp: Path) -> tuple[str, str]:
@@ -135,9 +137,24 @@ def run_wrk_https(wrk: str, port: int, connections: int, duration: int,
     return e2e.parse_wrk(res.stdout)
 
 
+def session_cpu(sid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of session `sid`: a
+    peer's whole process tree (each peer starts in its own session)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[3]) == sid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def summary(runs: list[dict]) -> dict:
     return {
         "rps": e2e._median(runs, "rps", 1),
+        "cpu_us_per_request": e2e._median(runs, "cpu_us_per_request", 1),
         "p50_ms": e2e._median(runs, "p50_ms", 3),
         "p99_ms": e2e._median(runs, "p99_ms", 3),
         "rps_per_round": [round(r["rps"], 1) for r in runs],
@@ -155,10 +172,15 @@ def run(args, procs: e2e.Processes, tmp: Path) -> dict:
         "omnirelay-tls": lambda b, port: [
             b.omnirelay, "run", "--workers", "1", "--config",
             b.write("omnirelay-tls.yaml", omnirelay_tls_config(port, b.upstream_port, cert))],
+        "omnirelay-tls-loop": lambda b, port: [
+            "env", "OMNIRELAY_CORE_TLS=0", b.omnirelay, "run", "--workers", "1", "--config",
+            b.write("omnirelay-tls-loop.yaml",
+                    omnirelay_tls_config(port, b.upstream_port, cert))],
     }
     failed: dict[str, str] = {}
     ports: dict[str, int] = {}
-    for name in PEERS:
+    pids: dict[str, int] = {}
+    for name in args.peers.split(","):
         port = e2e.free_port()
         argv = builds[name](bench, port)
         try:
@@ -169,6 +191,7 @@ def run(args, procs: e2e.Processes, tmp: Path) -> dict:
             e2e.log(f"{name}: FAILED to start: {failed[name]}")
             continue
         ports[name] = port
+        pids[name] = proc.pid
         e2e.log(f"{name}: pid {proc.pid} on {HOST}:{port}: {' '.join(argv)}")
 
     cases = {"keepalive": (args.connections, False),
@@ -182,15 +205,19 @@ def run(args, procs: e2e.Processes, tmp: Path) -> dict:
                 try:
                     if args.warmup:
                         run_wrk_https(args.wrk, ports[name], conns, args.warmup, close)
+                    cpu = session_cpu(pids[name])
                     res = run_wrk_https(args.wrk, ports[name], conns, args.duration, close)
+                    cpu = session_cpu(pids[name]) - cpu
+                    res["cpu_us_per_request"] = cpu * 1e6 / max(1, res["requests"])
                 except e2e.PeerError as exc:
                     failed[name] = str(exc)
                     e2e.log(f"{name}: FAILED: {exc}")
                     continue
                 results[case][name].append(res)
                 errs = res["non_2xx"] + res["socket_errors"]
-                e2e.log(f"round {rnd + 1}/{args.rounds} {case:10} {name:13} "
-                        f"{res['rps']:.0f} req/s p99 {res['p99_ms']:.3f} ms"
+                e2e.log(f"round {rnd + 1}/{args.rounds} {case:10} {name:18} "
+                        f"{res['rps']:.0f} req/s p99 {res['p99_ms']:.3f} ms "
+                        f"{res['cpu_us_per_request']:.1f} us CPU/req"
                         + (f"  ({errs} errors)" if errs else ""))
 
     out = {case: {n: summary(runs) for n, runs in by_peer.items()
@@ -203,6 +230,16 @@ def run(args, procs: e2e.Processes, tmp: Path) -> dict:
     ratios = {f"omnirelay_over_nginx_{case}_rps": e2e._ratio(rps(case, "omnirelay-tls"),
                                                              rps(case, "nginx-tls"))
               for case in cases}
+    ratios.update({f"core_over_loop_tls_{case}_rps": e2e._ratio(
+        rps(case, "omnirelay-tls"), rps(case, "omnirelay-tls-loop")) for case in cases})
+
+    def cpu(case: str, name: str) -> float | None:
+        return out[case].get(name, {}).get("cpu_us_per_request")
+
+    # CPU per request is steadier than requests/s on a shared machine.
+    ratios.update({f"{peer}_over_nginx_{case}_cpu_per_request": e2e._ratio(
+        cpu(case, peer), cpu(case, "nginx-tls")) for case in cases
+        for peer in ("omnirelay-tls", "omnirelay-tls-loop")})
     value = ratios["omnirelay_over_nginx_keepalive_rps"]
     return {
         "benchmark": "omnirelay-e2e-tls",
@@ -231,6 +268,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=50, help="wrk -c for keep-alive")
     p.add_argument("--handshake-connections", type=int, default=16,
                    help="wrk -c for the new-connection-per-request case")
+    p.add_argument("--peers", default=",".join(PEERS),
+                   help=f"comma-separated subset of {', '.join(PEERS)}")
     p.add_argument("--ready-timeout", type=float, default=e2e.READY_TIMEOUT)
     p.add_argument("--omnirelay", default=str(venv_bin / "omnirelay"), help="omnirelay executable")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")

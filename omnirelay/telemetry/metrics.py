@@ -116,6 +116,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("omnirelay_tls_handshakes_refused_total", COUNTER, ("listener", "reason"),
            "TLS handshakes the listener refused: expired (its material is past its "
            "not-after; fail closed until a reload brings valid files)."),
+    Metric("omnirelay_tls_handshakes_total", COUNTER, ("listener",),
+           "TLS handshakes completed by the listener (TLS in the core)."),
+    Metric("omnirelay_tls_handshake_errors_total", COUNTER, ("listener", "reason"),
+           "TLS handshakes that did not complete: failed (a protocol or verification "
+           "error; the alert is sent), timeout (no finished handshake within 10 s)."),
     # ---- extensions (Wasm, native, DSL; signed packages) ----
     Metric("omnirelay_extension_failures_total", COUNTER, ("kind", "extension", "reason"),
            "Extension failures: a binding's (trap, deadline, memory, exit, host, load; "
