@@ -71,6 +71,9 @@ class Election:
         self.retry = retry
         self._clock = clock
         self.leader: Leader | None = None
+        # The leader key's create_revision (the leader's fence): one value per leader term,
+        # the same on every replica; 0 while nobody is known to lead.
+        self.term = 0
         self.lease = 0
         self._leading = False
         self._valid_until = 0.0
@@ -94,11 +97,15 @@ class Election:
                 f"leader, replica {leader.replica!r} at {leader.address}")
 
     def status(self) -> dict[str, object]:
-        """For status output: this replica, whether it leads, and the leader it knows."""
-        leader = self.leader
-        return {"replica": self.replica, "leader": self.is_leader,
+        """For status output (the fields of admin.proto's Leadership): this replica, whether
+        it leads, the leader it knows, the term, and the lease."""
+        leader, leading = self.leader, self.is_leader
+        remaining = max(self._valid_until - self._clock(), 0.0) if leading else 0.0
+        return {"replica": self.replica, "is_leader": leading,
                 "leader_replica": leader.replica if leader else "",
-                "leader_address": leader.address if leader else ""}
+                "leader_address": leader.address if leader else "",
+                "store": "etcd", "term": self.term if leader else 0,
+                "lease_ttl_seconds": self.ttl, "lease_remaining_ms": int(remaining * 1000)}
 
     # -- the campaign -----------------------------------------------------------------------
 
@@ -155,7 +162,7 @@ class Election:
             [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
         )
         if reply.succeeded:
-            self.store.fence = reply.header.revision  # the leader key's create_revision
+            self.store.fence = self.term = reply.header.revision  # the key's create_revision
             self._leading = True
             self.leader = Leader(self.replica, self.address)
             log.info("leader: replica %s leads and publishes (lease %x, ttl %d s, fence %d)",
@@ -163,7 +170,7 @@ class Election:
         else:
             kvs = reply.responses[0].response_range.kvs
             leader = decode_leader(kvs[0].value) if kvs else None
-            self.leader = leader
+            self.leader, self.term = leader, kvs[0].create_revision if leader else 0
             log.info("leader: replica %s follows %s", self.replica,
                      f"replica {leader.replica} at {leader.address}" if leader else "nobody")
         return reply.header.revision
@@ -176,15 +183,18 @@ class Election:
                 if event.type == rpc.Event.DELETE:
                     log.info("leader: replica %s is gone; replica %s campaigns",
                              self.leader.replica if self.leader else "?", self.replica)
+                    self.leader, self.term = None, 0
                     return
                 self.leader = decode_leader(event.kv.value)
+                self.term = event.kv.create_revision if self.leader else 0
         except Compacted:
             return  # campaign again: that reads the key afresh
 
     async def _keepalive(self, lease: int, ttl: int) -> None:
         """Renew the lease every ttl/3; returns when etcd says it expired, raises StoreError
         when it cannot be renewed before its time is up."""
-        call = rpc.LeaseStub(self.store.channel()).LeaseKeepAlive()
+        call = rpc.LeaseStub(self.store.channel()).LeaseKeepAlive(
+            metadata=await self.store.metadata())
         try:
             while True:
                 sent = self._clock()
@@ -210,10 +220,12 @@ class Election:
             call.cancel()
 
     def _step_down(self) -> None:
+        """The term ended (lease lost, etcd unreachable, resigned): lead no more, and forget
+        the leader known until the next campaign reads it again."""
         self.store.fence = -1
+        self.leader, self.term = None, 0
         if self._leading:
             self._leading = False
-            self.leader = None
             log.warning("leader: replica %s no longer leads", self.replica)
 
     async def resign(self) -> None:

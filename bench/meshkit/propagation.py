@@ -6,7 +6,10 @@ on 127.0.0.1, a free port) and N lightweight nodes: grpc.aio watch streams sprea
 --procs worker processes (one HTTP/2 connection per --per-connection streams, 100). Each node
 sends a Hello, and for every snapshot checks its SHA-256 and Ed25519 signature against the trust
 bundle (`Keyring.verify`, as OmniRelay's client does; the signature once per worker process
-unless --verify-each, see `Verifier`), sends the ACK and records when.
+unless --verify-each, see `Verifier`), sends the ACK and records when. With --delta the nodes
+announce `config_delta/1` and MeshKit sends each publish after the first as a signed Delta: a
+node patches the document it runs, checks the result's SHA-256, then verifies the signature as
+above (the patch, too, is applied once per worker process and base unless --verify-each).
 
 Per node count: connect every node and wait until each has ACKed the current snapshot, publish
 one unmeasured warm-up version, then --rounds versions one after the other. The latency of a
@@ -19,6 +22,7 @@ Prints a table (p50, p99, max over nodes x rounds) on stderr and one JSON object
 
     .venv/bin/python bench/meshkit/propagation.py                     # 1, 100, 1000 nodes
     .venv/bin/python bench/meshkit/propagation.py --nodes 1000 --rounds 10 --procs 2
+    .venv/bin/python bench/meshkit/propagation.py --nodes 1000 --rounds 6 --delta
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ if str(ROOT) not in sys.path:
 
 import grpc
 
+from omnirelay.config.delta import FEATURE as DELTA_FEATURE
+from omnirelay.config.delta import apply_patch
 from omnirelay.config.protos import admin_pb2, admin_pb2_grpc, mesh_pb2, mesh_pb2_grpc
 from omnirelay.config.signing import Keyring, Signer, TrustedKey, document_digest
 
@@ -69,6 +75,23 @@ class Verifier:
         self.keyring = keyring
         self.each = each
         self.verified: dict[tuple[str, bytes], bytes] = {}
+        self.patched: dict[tuple[str, bytes], bytes] = {}
+
+    def delta(self, delta, base: bytes):
+        """The snapshot `delta` stands for, rebuilt from `base` (the document the node runs)
+        and verified."""
+        key = (delta.base_sha256, delta.patch)
+        document = None if self.each else self.patched.get(key)
+        if document is None:
+            if document_digest(base) != delta.base_sha256:
+                raise AssertionError("a delta for a base this node does not run")
+            document = self.patched[key] = apply_patch(base, delta.patch, delta.sha256).document
+        snap = mesh_pb2.Snapshot(
+            version=delta.version, nonce=delta.nonce, epoch=delta.epoch, sha256=delta.sha256,
+            document=document, key_id=delta.key_id, signature=delta.signature,
+            signature_algorithm=delta.signature_algorithm)
+        self(snap)
+        return snap
 
     def __call__(self, snap) -> None:
         known = None if self.each else self.verified.get((snap.key_id, snap.signature))
@@ -80,38 +103,47 @@ class Verifier:
         self.verified[(snap.key_id, snap.signature)] = snap.document
 
 
-async def _node(stub, node_id: str, verify: Verifier, acked) -> None:
+async def _node(stub, node_id: str, verify: Verifier, acked, delta: bool) -> None:
     call = stub.Watch()
+    features = ["http1", DELTA_FEATURE] if delta else ["http1"]
     await call.write(mesh_pb2.WatchRequest(hello=mesh_pb2.Hello(node=mesh_pb2.Node(
         id=node_id, capabilities=mesh_pb2.Capabilities(
-            api_versions=["omnirelay.mesh.v1", "omnirelay.config.v1"], features=["http1"])))))
+            api_versions=["omnirelay.mesh.v1", "omnirelay.config.v1"], features=features)))))
+    document = b""
     while True:
         response = await call.read()
-        if response is grpc.aio.EOF or response.WhichOneof("kind") != "snapshot":
+        kind = None if response is grpc.aio.EOF else response.WhichOneof("kind")
+        if kind == "snapshot":
+            snap = response.snapshot
+            verify(snap)
+        elif kind == "delta":
+            snap = verify.delta(response.delta, document)
+        else:
             return
-        snap = response.snapshot
-        verify(snap)
+        document = snap.document
         await call.write(mesh_pb2.WatchRequest(ack=mesh_pb2.Ack(
             version=snap.version, nonce=snap.nonce, epoch=snap.epoch, sha256=snap.sha256)))
-        acked(snap.version, time.monotonic())
+        acked(snap.version, time.monotonic(), kind == "delta")
 
 
 async def _worker_main(address: str, trusted: dict, node_ids: list[str], per_channel: int,
-                       verify_each: bool, out, stop) -> None:
+                       verify_each: bool, delta: bool, out, stop) -> None:
     verify = Verifier(Keyring([TrustedKey.from_dict(trusted)]), verify_each)
     pending: dict[str, list[float]] = {}
+    deltas: dict[str, int] = {}
 
-    def acked(version: str, when: float) -> None:
+    def acked(version: str, when: float, was_delta: bool) -> None:
         times = pending.setdefault(version, [])
         times.append(when)
+        deltas[version] = deltas.get(version, 0) + was_delta
         if len(times) == len(node_ids):
-            out.put(("acked", version, pending.pop(version)))
+            out.put(("acked", version, pending.pop(version), deltas.pop(version)))
 
     channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
                 for _ in range(0, len(node_ids), per_channel)]
     tasks = [asyncio.ensure_future(_node(
         mesh_pb2_grpc.ConfigWatchStub(channels[i // per_channel]), node_id, verify,
-        acked)) for i, node_id in enumerate(node_ids)]
+        acked, delta)) for i, node_id in enumerate(node_ids)]
     await asyncio.get_running_loop().run_in_executor(None, stop.wait)
     for task in tasks:
         task.cancel()
@@ -121,14 +153,15 @@ async def _worker_main(address: str, trusted: dict, node_ids: list[str], per_cha
 
 
 def worker(address: str, trusted: dict, node_ids: list[str], per_channel: int,
-           verify_each: bool, out, stop) -> None:
+           verify_each: bool, delta: bool, out, stop) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_worker_main(address, trusted, node_ids, per_channel, verify_each, out, stop))
+    asyncio.run(_worker_main(address, trusted, node_ids, per_channel, verify_each, delta, out,
+                             stop))
 
 
 # ---------------------------------------------------------------------------- the server
@@ -193,20 +226,23 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def _wait_acks(out, version: str, workers: int) -> list[float]:
+def _wait_acks(out, version: str, workers: int) -> tuple[list[float], int]:
+    """Every node's ACK time of `version`, and how many nodes got it as a delta."""
     times: list[float] = []
+    deltas = 0
     deadline = time.monotonic() + TIMEOUT
     done = 0
     while done < workers:
-        kind, got, values = out.get(timeout=max(0.1, deadline - time.monotonic()))
+        kind, got, values, as_delta = out.get(timeout=max(0.1, deadline - time.monotonic()))
         if kind == "acked" and got == version:
             times.extend(values)
+            deltas += as_delta
             done += 1
-    return times
+    return times, deltas
 
 
 def measure(server: MeshKitServer, nodes: int, rounds: int, procs: int, per_channel: int,
-            verify_each: bool, tag: str) -> dict:
+            verify_each: bool, tag: str, delta: bool = False) -> dict:
     ctx = mp.get_context("spawn")  # no fork: grpc's threads are not fork-safe
     out, stop = ctx.Queue(), ctx.Event()
     ids = [f"{tag}-{i}" for i in range(nodes)]
@@ -214,7 +250,7 @@ def measure(server: MeshKitServer, nodes: int, rounds: int, procs: int, per_chan
     trusted = server.signer.trusted_key().to_dict()
     workers = [ctx.Process(target=worker,
                            args=(server.address, trusted, share, per_channel, verify_each,
-                                 out, stop),
+                                 delta, out, stop),
                            daemon=True) for share in shares]
     for w in workers:
         w.start()
@@ -225,6 +261,7 @@ def measure(server: MeshKitServer, nodes: int, rounds: int, procs: int, per_chan
         _wait_acks(out, version, len(workers))
         samples: list[float] = []
         slowest: list[float] = []  # per round: its last ACK
+        deltas = 0  # node updates that came as deltas
         cpu = nodes_cpu = 0.0  # CPU time of MeshKit and the nodes from publish to last ACK
         for r in range(rounds):
             version = f"{tag}-round-{r}"
@@ -232,7 +269,9 @@ def measure(server: MeshKitServer, nodes: int, rounds: int, procs: int, per_chan
             nodes_cpu -= sum(cpu_seconds(w.pid) for w in workers)
             start = time.monotonic()
             server.publish(version)
-            latencies = [t - start for t in _wait_acks(out, version, len(workers))]
+            times, as_delta = _wait_acks(out, version, len(workers))
+            latencies = [t - start for t in times]
+            deltas += as_delta
             samples.extend(latencies)
             slowest.append(max(latencies))
             cpu += server.cpu_seconds()
@@ -248,7 +287,7 @@ def measure(server: MeshKitServer, nodes: int, rounds: int, procs: int, per_chan
     return {"nodes": nodes, "rounds": rounds, "samples": len(ms),
             "p50_ms": round(_percentile(ms, 0.50), 1), "p99_ms": round(_percentile(ms, 0.99), 1),
             "max_ms": round(max(ms), 1),
-            "max_ms_per_round": [round(s * 1000, 1) for s in slowest],
+            "max_ms_per_round": [round(s * 1000, 1) for s in slowest], "deltas": deltas,
             "server_cpu_ms_per_publish": round(cpu * 1000 / rounds, 1),
             "nodes_cpu_ms_per_publish": round(nodes_cpu * 1000 / rounds, 1)}
 
@@ -288,6 +327,8 @@ def main() -> int:
     parser.add_argument("--verify-each", action="store_true",
                         help="every node verifies the Ed25519 signature itself (about 150 us "
                              "of CPU each here) instead of once per worker process")
+    parser.add_argument("--delta", action="store_true",
+                        help="nodes announce config_delta/1 and apply the deltas MeshKit sends")
     parser.add_argument("--profile-server", metavar="FILE",
                         help="run MeshKit under cProfile, writing its stats to FILE")
     args = parser.parse_args()
@@ -300,7 +341,8 @@ def main() -> int:
             for i, count in enumerate(counts):
                 print(f"{count} nodes ...", file=sys.stderr, flush=True)
                 results.append(measure(server, count, args.rounds, args.procs,
-                                       args.per_connection, args.verify_each, f"n{i}"))
+                                       args.per_connection, args.verify_each, f"n{i}",
+                                       args.delta))
         finally:
             server.stop()
     print(f"{'nodes':>6} {'samples':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}",
@@ -309,7 +351,7 @@ def main() -> int:
         print(f"{r['nodes']:>6} {r['samples']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} "
               f"{r['max_ms']:>8}", file=sys.stderr)
     print(json.dumps({"benchmark": "meshkit-propagation", "procs": args.procs,
-                      "verify_each": args.verify_each,
+                      "verify_each": args.verify_each, "delta": args.delta,
                       "per_connection": args.per_connection,
                       "cpus": os.cpu_count(), "results": results}))
     return 0

@@ -13,6 +13,8 @@ from omnirelay.config.protos import admin_pb2_grpc
 from .auth import MUTATE, READ, Principal
 from .ops import AdminOps, ApiError
 
+ERROR_TRAILER = "meshkit-error"
+
 
 class MeshAdminService(admin_pb2_grpc.MeshAdminServicer):
     def __init__(self, ops: AdminOps) -> None:
@@ -30,8 +32,10 @@ class MeshAdminService(admin_pb2_grpc.MeshAdminServicer):
             if isinstance(result, Awaitable):
                 result = await result
             return result
-        except ApiError as exc:
-            await context.abort(exc.grpc_status, str(exc))
+        except ApiError as exc:  # the kind in a trailer: omnirctl tells MeshKit's own
+            # UNAVAILABLE (store down, not the leader) from not reaching MeshKit at all
+            await context.abort(exc.grpc_status, str(exc),
+                                trailing_metadata=((ERROR_TRAILER, exc.kind),))
 
     async def GetConfig(self, request, context):
         return await self._call(context, READ,
@@ -67,7 +71,13 @@ class MeshAdminService(admin_pb2_grpc.MeshAdminServicer):
         )
 
     async def SetEndpoints(self, request, context):
+        expected = request.expected_revision if request.HasField("expected_revision") else None
         return await self._call(
             context, MUTATE,
-            lambda p: self.ops.set_endpoints(p, request.cluster, request.endpoints),
+            lambda p: self.ops.set_endpoints(p, request.cluster, request.endpoints,
+                                             expected_revision=expected),
         )
+
+    async def GetEndpoints(self, request, context):
+        return await self._call(context, READ,
+                                lambda p: self.ops.get_endpoints(tuple(request.clusters)))

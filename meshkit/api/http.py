@@ -30,7 +30,7 @@ _SCOPE = Param("scope", "string", "global, region/<r>, tenant/<t> or node/<id>; 
 
 ROUTES = [
     Route("GET", "/v1/config", "get_config", "A scope's current document and revision", READ,
-          admin_pb2.ConfigRecord.DESCRIPTOR, (_SCOPE,), errors=(400, 404)),
+          admin_pb2.ConfigRecord.DESCRIPTOR, (_SCOPE,), errors=(400, 404, 503)),
     Route("PUT", "/v1/config", "set_config",
           "Publish a document to a scope: validate, diff, capability gating, compare-and-swap "
           "write, audit, sign, push (a read token may dry-run)", MUTATE,
@@ -44,12 +44,13 @@ ROUTES = [
     Route("POST", "/v1/config/validate", "validate_config",
           "Validate a document; with scope also diff and gate it against that scope", READ,
           admin_pb2.ValidateConfigResponse.DESCRIPTOR, (_SCOPE,),
-          body="the config document, YAML or JSON", errors=(400,)),
+          body="the config document, YAML or JSON", errors=(400, 503)),
     Route("GET", "/v1/nodes", "list_nodes", "Every node MeshKit knows", READ,
           admin_pb2.ListNodesResponse.DESCRIPTOR,
           (Param("connected", "boolean", "only nodes with an open watch stream"),)),
     Route("GET", "/v1/status", "get_status",
-          "Per scope and per node: desired vs applied version, last ACK/NACK, drift", READ,
+          "Per scope and per node: desired vs applied version, last ACK/NACK, drift; which "
+          "replica leads; the discovery generation", READ,
           admin_pb2.GetStatusResponse.DESCRIPTOR,
           (Param("scope", "string", "only this scope and the nodes served from it"),),
           errors=(400,)),
@@ -59,12 +60,19 @@ ROUTES = [
            Param("after_id", "integer", "entries with a larger id"),
            Param("scope", "string", "only this scope"),
            Param("limit", "integer", "at most this many (default 100, max 10000)")),
-          errors=(400,)),
+          errors=(400, 503)),
+    Route("GET", "/v1/endpoints", "get_endpoints",
+          "The endpoint lists the discovery feed serves, with their revisions", READ,
+          admin_pb2.GetEndpointsResponse.DESCRIPTOR,
+          (Param("cluster", "string", "only these clusters (repeatable)"),), errors=(400,)),
     Route("PUT", "/v1/endpoints/{cluster}", "set_endpoints",
-          "Replace a cluster's endpoints in the discovery feed", MUTATE,
+          "Replace a cluster's endpoints in the discovery feed (kept in the store)", MUTATE,
           admin_pb2.SetEndpointsResponse.DESCRIPTOR,
-          (Param("cluster", "string", "the cluster name", where="path"),),
-          body="a YAML or JSON list of endpoints", errors=(400, 422)),
+          (Param("cluster", "string", "the cluster name", where="path"),
+           Param("expected_revision", "integer",
+                 "compare-and-swap: write only if the cluster's list is at this revision "
+                 "(0: it has none)")),
+          body="a YAML or JSON list of endpoints", errors=(400, 409, 422, 503)),
     Route("GET", "/openapi.json", "openapi", "This API's OpenAPI 3.1 description", None, None),
 ]
 
@@ -215,8 +223,12 @@ class HttpApi:
             after_id=query.number("after_id") or 0,
             scope=query.text("scope"), limit=query.number("limit") or 0)
 
+    async def get_endpoints(self, request, query, principal, body):
+        return self.ops.get_endpoints(tuple(query.values.getall("cluster", ())))
+
     async def set_endpoints(self, request, query, principal, body):
-        return await self.ops.set_endpoints(principal, request.match_info["cluster"], body)
+        return await self.ops.set_endpoints(principal, request.match_info["cluster"], body,
+                                            expected_revision=query.number("expected_revision"))
 
     async def openapi(self, request, query, principal, body):
         return self.description

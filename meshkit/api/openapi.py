@@ -46,7 +46,8 @@ _ERROR_TEXT = {
     404: "Not found",
     409: "Compare-and-swap conflict, or capability gaps (error.code says which)",
     422: "Invalid document: every issue with its path",
-    503: "Written but not served in time",
+    503: "The store is unavailable (store_unavailable), this replica is not the leader "
+         "(not_leader), or written but not served in time (unavailable)",
 }
 
 

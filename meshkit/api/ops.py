@@ -4,8 +4,10 @@ same checks, audit rows and errors. Results are the admin.proto messages."""
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import grpc
 
@@ -18,7 +20,7 @@ from ..diff import ConfigDiff
 from ..gating import Gap
 from ..publish import CapabilityError, Publisher, PublishError, PublishResult, validate
 from ..scopes import ScopeError, check_scope, valid_name
-from ..store import RevisionConflict, Store, StoredConfig
+from ..store import NotLeader, RevisionConflict, Store, StoredConfig, StoreError
 from .auth import AuthError, Principal, TokenAuthority
 
 if TYPE_CHECKING:  # meshkit.server imports this module
@@ -38,7 +40,9 @@ ERRORS = {
     "not_found": (grpc.StatusCode.NOT_FOUND, 404),
     "revision_conflict": (grpc.StatusCode.ABORTED, 409),
     "capability_gap": (grpc.StatusCode.FAILED_PRECONDITION, 409),
-    "unavailable": (grpc.StatusCode.UNAVAILABLE, 503),
+    "unavailable": (grpc.StatusCode.UNAVAILABLE, 503),  # written but not served in time
+    "not_leader": (grpc.StatusCode.UNAVAILABLE, 503),  # publish through the leader
+    "store_unavailable": (grpc.StatusCode.UNAVAILABLE, 503),  # etcd down, disk failing, ...
 }
 
 
@@ -112,6 +116,30 @@ def _config_error(exc: ConfigError, what: str = "config") -> ApiError:
                     issues=[{"path": i.path, "message": i.message} for i in exc.issues])
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def store_errors(operation: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+    """Store failures as API errors: a lost compare-and-swap is a conflict, a refusal of the
+    leader fence is not_leader, anything else (etcd unreachable, a failing disk) is
+    store_unavailable with the store's reason, never an internal error."""
+
+    @functools.wraps(operation)
+    async def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await operation(*args, **kwargs)
+        except RevisionConflict as exc:
+            raise ApiError("revision_conflict", str(exc)) from None
+        except NotLeader as exc:
+            raise ApiError("not_leader", str(exc)) from None
+        except StoreError as exc:
+            log.warning("store unavailable: %s", exc)
+            raise ApiError("store_unavailable", f"the store is unavailable: {exc}") from None
+
+    return call
+
+
 def scope_of(scope: str | None) -> str:
     try:
         return check_scope(scope)
@@ -128,8 +156,11 @@ class AdminOps:
         registry: NodeRegistry,
         feed: EndpointFeed,
         tokens: TokenAuthority,
+        *,
+        leadership: Callable[[], Mapping[str, object]] = dict,
     ) -> None:
         self.store = store
+        self.leadership = leadership  # which replica leads: admin.proto's Leadership fields
         self.cache = cache
         self.publisher = publisher
         self.registry = registry
@@ -143,6 +174,7 @@ class AdminOps:
             raise ApiError("permission_denied" if exc.denied else "unauthenticated",
                            str(exc)) from None
 
+    @store_errors
     async def get_config(self, principal: Principal, scope: str) -> admin_pb2.ConfigRecord:
         scope = scope_of(scope)
         stored = await self.store.get(scope, actor=principal.actor)
@@ -150,6 +182,7 @@ class AdminOps:
             raise ApiError("not_found", f"no config in scope {scope!r}")
         return record_message(stored)
 
+    @store_errors
     async def set_config(self, principal: Principal, scope: str, document: bytes, *,
                          expected_revision: int | None = None, dry_run: bool = False,
                          force: bool = False) -> admin_pb2.SetConfigResponse:
@@ -165,14 +198,17 @@ class AdminOps:
             raise ApiError("revision_conflict", str(exc)) from None
         except CapabilityError as exc:
             raise ApiError("capability_gap", str(exc), gaps=exc.gaps) from None
-        except PublishError as exc:
-            raise ApiError("unavailable", str(exc)) from None
+        except PublishError as exc:  # leadership lost meanwhile, or not served in time
+            refusal = self.publisher.may_publish()
+            raise ApiError("unavailable" if refusal is None else "not_leader",
+                           refusal or str(exc)) from None
         if not result.dry_run and not result.unchanged:
             log.info("%s published scope %s revision %d (version %r, epoch %d)%s",
                      principal.actor, scope, result.revision, result.version, result.epoch,
                      " despite capability gaps (forced)" if result.gaps else "")
         return publish_message(result)
 
+    @store_errors
     async def validate_config(self, principal: Principal, document: bytes,
                               scope: str = "") -> admin_pb2.ValidateConfigResponse:
         try:
@@ -210,8 +246,10 @@ class AdminOps:
     def get_status(self, scope: str = "") -> admin_pb2.GetStatusResponse:
         from ..server.status import status
 
-        return status(self.registry, self.cache, scope_of(scope) if scope else "")
+        return status(self.registry, self.cache, scope_of(scope) if scope else "",
+                      leadership=self.leadership(), discovery_generation=self.feed.generation)
 
+    @store_errors
     async def tail_audit(self, *, since_unix_ms: int = 0, after_id: int = 0, scope: str = "",
                          limit: int = 0) -> admin_pb2.TailAuditResponse:
         entries = await self.store.audit_log(
@@ -230,18 +268,52 @@ class AdminOps:
             ]
         )
 
-    async def set_endpoints(self, principal: Principal, cluster: str,
-                            data: bytes) -> admin_pb2.SetEndpointsResponse:
+    def get_endpoints(self, clusters: list[str] | tuple[str, ...] = ()
+                      ) -> admin_pb2.GetEndpointsResponse:
+        """The lists this replica's discovery feed serves (of `clusters`, if any named)."""
+        bad = [name for name in clusters if not valid_name(name)]
+        if bad:
+            raise ApiError("invalid_argument", f"bad cluster name {bad[0]!r}")
+        return admin_pb2.GetEndpointsResponse(
+            generation=self.feed.generation,
+            clusters=[
+                admin_pb2.ClusterEndpointList(
+                    cluster=name, revision=revision,
+                    endpoints=[admin_pb2.EndpointRecord(
+                        address=e.address, port=e.port, weight=e.weight, priority=e.priority,
+                        locality=e.locality or "") for e in endpoints])
+                for name, revision, endpoints in self.feed.lists(set(clusters) or None)
+            ],
+        )
+
+    @store_errors
+    async def set_endpoints(self, principal: Principal, cluster: str, data: bytes, *,
+                            expected_revision: int | None = None,
+                            ) -> admin_pb2.SetEndpointsResponse:
+        """Validate the list, write it to the store (compare-and-swap with
+        `expected_revision`), and return once this replica's feed serves it."""
+        from ..server.discovery import endpoint_data
+
         if not valid_name(cluster):
             raise ApiError("invalid_argument", f"bad cluster name {cluster!r}")
         try:
             endpoints = parse_endpoints(data, "endpoints")
         except ConfigError as exc:
             raise _config_error(exc, "endpoints") from None
-        generation = self.feed.set(cluster, endpoints)
-        await self.store.append_audit(
-            actor=principal.actor, action="set-endpoints", scope=f"cluster/{cluster}",
-            revision=generation,
+        refusal = self.publisher.may_publish()  # only the leader writes, as for config
+        if refusal is not None:
+            raise ApiError("not_leader", refusal)
+        stored = await self.store.put_endpoints(
+            cluster, canonical_json([endpoint_data(e) for e in endpoints]),
+            expected_revision=expected_revision, actor=principal.actor,
             detail=canonical_json([f"{e.address}:{e.port}" for e in endpoints]).decode(),
         )
-        return admin_pb2.SetEndpointsResponse(generation=generation)
+        if not await self.feed.wait_for(stored.revision, self.publisher.push_timeout):
+            raise ApiError("unavailable",
+                           f"cluster {cluster!r} endpoints were written at revision "
+                           f"{stored.revision} but not served within "
+                           f"{self.publisher.push_timeout:g} s; the discovery feed serves "
+                           "them when it catches up")
+        log.info("%s set %d endpoints of cluster %s (generation %d)", principal.actor,
+                 len(endpoints), cluster, stored.revision)
+        return admin_pb2.SetEndpointsResponse(generation=stored.revision)

@@ -5,6 +5,8 @@ State lives in the store (kind "authority": the CA certificates and their key re
 "issued" and "revoked": one record per serial), keys in a `KeyStore` (files by default, an
 HSM through an adapter). One CA is active and signs; after `rotate()` the previous one stays
 in the trust bundle until its overlap ends, so certificates from both verify meanwhile.
+Every CA of the bundle publishes a CRL of its revoked certificates (crl.py). `prune()`
+deletes the records of certificates expired longer than a retention period ago.
 
 A CSR is signed only if its signature is valid, it carries exactly one URI SAN, and that SAN
 is the SPIFFE ID registered for the authenticated node; everything else in the CSR (subject,
@@ -31,6 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..api.auth import new_token, token_digest
 from ..store import Store
+from .crl import DEFAULT_CRL_VALIDITY, CrlSet, Revoked, build_set
 from .signer import ECDSA_P256, KeyStore, Signer, SignerError
 from .svid import check_spiffe_id, check_trust_domain, serial_hex, spiffe_id_of, to_pem
 
@@ -40,6 +43,7 @@ DEFAULT_TTL = 24 * 3600.0
 CA_VALIDITY = 365 * 24 * 3600.0
 CLOCK_SKEW = 60.0  # certificates start this long before issuance (peers' clocks differ)
 MIN_TTL = 1.0
+DEFAULT_RETENTION = 7 * 24 * 3600.0  # expired certificates' records are kept this long
 _STATE = ("authority", "state")
 
 # CaError codes, mapped to gRPC statuses by the service.
@@ -82,7 +86,9 @@ class CertificateAuthority:
     def __init__(self, store: Store, keys: KeyStore, trust_domain: str, *,
                  default_ttl: float = DEFAULT_TTL, max_ttl: float | None = None,
                  algorithm: str = ECDSA_P256, clock: Callable[[], float] = time.time,
-                 bundle_file: str | os.PathLike[str] | None = None) -> None:
+                 bundle_file: str | os.PathLike[str] | None = None,
+                 crl_file: str | os.PathLike[str] | None = None,
+                 crl_validity: float = DEFAULT_CRL_VALIDITY) -> None:
         self.store = store
         self.keys = keys
         self.trust_domain = check_trust_domain(trust_domain)
@@ -92,7 +98,10 @@ class CertificateAuthority:
         self.clock = clock
         self.authorities: list[Authority] = []  # the active one first
         self.bundle_file = bundle_file  # kept up to date for operators (omnirctl --cacert)
+        self.crl_file = crl_file  # the CRLs, kept up to date like the bundle
+        self.crl_validity = crl_validity
         self._loaded: bytes | None = None  # the state record as last read
+        self._crls: CrlSet | None = None
 
     # -- state -------------------------------------------------------------------------------
 
@@ -144,26 +153,31 @@ class CertificateAuthority:
         self.active  # noqa: B018 - load the signing key now: a missing key is an error here
         return True
 
-    async def _save(self, actor: str, detail: str) -> None:
-        state = {"trust_domain": self.trust_domain, "authorities": [
+    def _state(self, authorities: Sequence[Authority]) -> bytes:
+        return json.dumps({"trust_domain": self.trust_domain, "authorities": [
             {"id": a.id, "key_ref": a.key_ref, "cert": to_pem(a.cert).decode(),
              "active_from": a.active_from, "overlap_until": a.overlap_until}
-            for a in self.authorities]}
-        raw = json.dumps(state).encode()
+            for a in authorities]}).encode()
+
+    async def _save(self, actor: str, detail: str) -> None:
+        raw = self._state(self.authorities)
         await self.store.ca_put(*_STATE, raw, actor=actor, detail=detail)
         self._loaded = raw
         self.write_bundle()
 
     def write_bundle(self) -> None:
-        if self.bundle_file is None or not self.authorities:
+        if self.bundle_file is not None and self.authorities:
+            _replace(Path(self.bundle_file), self.bundle_pem(), "the trust bundle")
+
+    async def write_crl(self) -> None:
+        """Refresh the CRL file (when one is configured) if the CRLs changed."""
+        if self.crl_file is None or not self.authorities:
             return
-        path = Path(self.bundle_file)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_bytes(self.bundle_pem())
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.error("cannot write the trust bundle %s: %s", path, exc)
+        before = self._crls
+        crls = await self.crls()
+        path = Path(self.crl_file)
+        if crls is not before or not path.exists():
+            _replace(path, crls.pem, "the CRL file")
 
     def _new_authority(self) -> Authority:
         now = self.clock()
@@ -188,17 +202,37 @@ class CertificateAuthority:
         )
         return Authority(ca_id, ca_id, cert, signer)
 
-    async def init(self, *, actor: str) -> Authority:
-        """Create the first CA; CaError if there is one already."""
+    async def init(self, *, actor: str, exist_ok: bool = False) -> Authority:
+        """Create the first CA; CaError if there is one already (unless `exist_ok`: then the
+        existing one). Replicas sharing a store may race here: the state record is created
+        only if absent, so exactly one CA results and the others load it."""
         if await self.load():
+            if exist_ok:
+                return self.active
             raise CaError(INVALID, f"the CA is initialized already (active {self.active.id}); "
                                    "use `omnirctl ca rotate` for a new key")
         try:
             authority = self._new_authority()
         except SignerError as exc:
             raise CaError(INVALID, str(exc)) from None
+        raw = self._state([authority])
+        if not await self.store.ca_create(*_STATE, raw, actor=actor,
+                                          detail=f"init {authority.id} for {self.trust_domain}"):
+            # Another replica created the CA first: its CA is the one, ours is discarded.
+            log.info("CA init: another replica created the CA first; discarding %s",
+                     authority.id)
+            try:
+                self.keys.discard(authority.key_ref)
+            except (OSError, SignerError) as exc:
+                log.warning("cannot delete the unused CA key %s: %s", authority.key_ref, exc)
+            await self.load()
+            if exist_ok:
+                return self.active
+            raise CaError(INVALID, f"the CA is initialized already (active {self.active.id}, "
+                                   "by another replica); use `omnirctl ca rotate` for a new key")
         self.authorities = [authority]
-        await self._save(actor, f"init {authority.id} for {self.trust_domain}")
+        self._loaded = raw
+        self.write_bundle()
         log.info("CA %s created for trust domain %s", authority.id, self.trust_domain)
         return authority
 
@@ -397,11 +431,72 @@ class CertificateAuthority:
         if raw is None:
             raise CaError(NOT_FOUND, f"no certificate with serial {serial} was issued here")
         record = json.loads(raw)
-        entry = {"reason": reason, "at": self.clock(), "not_after": record["not_after"]}
+        entry = {"reason": reason, "at": self.clock(), "not_after": record["not_after"],
+                 "authority": record.get("authority", "")}
         await self.store.ca_put("revoked", serial, json.dumps(entry).encode(), actor=actor,
                                 detail=f"{record['spiffe_id']}: {reason or 'no reason given'}")
         log.info("certificate %s (%s) revoked by %s", serial, record["spiffe_id"], actor)
+        await self.write_crl()
         return record
+
+    async def crls(self) -> CrlSet:
+        """A CRL per CA of the bundle (crl.py), signed anew when the bundle or the revoked
+        set changed, or half of the CRLs' validity has passed."""
+        await self.load()
+        if not self.authorities:
+            raise CaError(NOT_INITIALIZED, "the CA is not initialized: run `omnirctl ca init`")
+        now = self.clock()
+        bundle = [a for a in self.authorities if a.cert in self.bundle()]
+        by_authority: dict[str, list[Revoked]] = {}
+        for serial, entry in (await self.revoked()).items():
+            ca_id = entry.get("authority") or await self._issuer_of(serial)
+            by_authority.setdefault(ca_id, []).append(
+                Revoked(serial, entry["at"], entry["not_after"]))
+        key = tuple((a.id, tuple(sorted(r.serial for r in by_authority.get(a.id, []))))
+                    for a in bundle)
+        cached = self._crls
+        if cached is not None and cached.key == key and \
+                now < cached.this_update + (cached.next_update - cached.this_update) / 2:
+            return cached
+        signers = []
+        for a in bundle:
+            try:
+                signers.append((a.id, a.cert, a.signer or self.keys.load(a.key_ref)))
+            except SignerError as exc:
+                raise CaError(INVALID, f"the CRL of CA {a.id}: {exc}") from None
+        self._crls = build_set(signers, by_authority, now=now, validity=self.crl_validity)
+        log.info("CRLs signed for %d CAs (%d revoked certificates), valid until %s",
+                 len(signers), sum(len(v) for v in by_authority.values()),
+                 f"{_utc(self._crls.next_update):%Y-%m-%dT%H:%M:%SZ}")
+        return self._crls
+
+    async def _issuer_of(self, serial: str) -> str:
+        raw = await self.store.ca_get("issued", serial)
+        return json.loads(raw).get("authority", "") if raw is not None else ""
+
+    async def prune(self, *, retention: float = DEFAULT_RETENTION, actor: str) -> int:
+        """Delete the issued and revoked records of certificates that expired more than
+        `retention` seconds ago (each deletion audited); returns how many certificates.
+        A revoked certificate leaves the CRL when it expires (a peer refuses it anyway), so
+        its record is no longer needed then either."""
+        cutoff = self.clock() - retention
+        pruned = 0
+        for kind in ("revoked", "issued"):
+            for serial, raw in await self.store.ca_list(kind):
+                try:
+                    not_after = float(json.loads(raw)["not_after"])
+                except (ValueError, KeyError, TypeError):
+                    log.warning("CA record %s/%s is not readable; left as is", kind, serial)
+                    continue
+                if not_after < cutoff and await self.store.ca_delete(
+                        kind, serial, actor=actor,
+                        detail=f"expired {_utc(not_after):%Y-%m-%dT%H:%M:%SZ}, past the "
+                               f"retention of {retention:g}s"):
+                    pruned += kind == "issued"
+        if pruned:
+            log.info("pruned the records of %d certificates expired before %s", pruned,
+                     f"{_utc(cutoff):%Y-%m-%dT%H:%M:%SZ}")
+        return pruned
 
     async def revoked(self) -> dict[str, dict]:
         """Revoked serials of certificates that have not expired yet."""
@@ -431,6 +526,15 @@ class CertificateAuthority:
 
 def _utc(seconds: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+
+
+def _replace(path: Path, data: bytes, what: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("cannot write %s %s: %s", what, path, exc)
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

@@ -64,6 +64,9 @@ class KeyStore(abc.ABC):
     @abc.abstractmethod
     def load(self, ref: str) -> Signer: ...
 
+    def discard(self, ref: str) -> None:  # optional: an adapter may keep the key
+        """Delete a key that was never used (a replica lost the race to create the CA)."""
+
 
 class SoftwareSigner(Signer):
     def __init__(self, key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> None:
@@ -129,6 +132,9 @@ class SoftwareKeyStore(KeyStore):
             f.flush()
             os.fsync(f.fileno())
         return signer
+
+    def discard(self, ref: str) -> None:
+        self.path(ref).unlink(missing_ok=True)
 
     def load(self, ref: str) -> Signer:
         path = self.path(ref)

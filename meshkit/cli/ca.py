@@ -4,6 +4,7 @@
     omnirctl ca status                     CA certificates, active and retired, with overlap ends
     omnirctl ca rotate [--prepare 12h] [--overlap 24h]   new CA key, trusted now, signing later
     omnirctl ca bundle [-o FILE]           the trust bundle (PEM)
+    omnirctl ca crl [-o FILE]              the CRLs, one per CA of the bundle (PEM)
     omnirctl ca register-node NODE SPIFFE_ID [--rotate-token]   prints the bootstrap token
     omnirctl ca issue --csr FILE --spiffe-id ID [--ttl 1h] [-o FILE]
     omnirctl ca revoke SERIAL [--reason TEXT]
@@ -13,9 +14,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
@@ -46,12 +49,18 @@ def _seconds(value: str | None, option: str) -> int:
 
 
 def _write(data: bytes, output: str | None) -> None:
+    """To stdout, or to `output` atomically (a proxy may read it at any time)."""
     if output is None or output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    with open(output, "wb") as f:
-        f.write(data)
+    path = Path(output)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise click.ClickException(f"{output}: {exc.strerror or exc}") from None
 
 
 def _show_status(status: ca_pb2.CaStatus) -> None:
@@ -113,6 +122,17 @@ def ca_bundle(output: str | None) -> None:
     if bundle.revoked_serials:
         click.echo(f"# revoked: {', '.join(bundle.revoked_serials)}", err=True)
     _write(bundle.bundle_pem, output)
+
+
+@ca.command("crl")
+@click.option("-o", "--output", default=None, help="Write to this file (default stdout).")
+def ca_crl(output: str | None) -> None:
+    """The CRLs (PEM), one per CA of the bundle: listener tls.client_crl_file, cluster
+    tls.crl_file."""
+    bundle = _call("GetBundle", ca_pb2.GetBundleRequest(), southbound=True)
+    click.echo(f"# {len(bundle.revoked_serials)} revoked; next update "
+               f"{_when(bundle.crl_next_update_unix)}", err=True)
+    _write(bundle.crl_pem, output)
 
 
 @ca.command("register-node")

@@ -2,9 +2,12 @@
 
     meshkit serve --db meshkit.db --signing-key key.pem [--listen 127.0.0.1:7070]
                   [--store etcd://HOST:PORT[,HOST:PORT]/PREFIX [--replica-id ID]
-                   [--lease-ttl 10s] [--advertise HOST:PORT]]
+                   [--lease-ttl 10s] [--advertise HOST:PORT]
+                   [--etcd-ca PEM [--etcd-cert PEM --etcd-key PEM]]
+                   [--etcd-user USER --etcd-password-file FILE]]
                   [--tokens-file tokens.json | --no-auth] [--key-id ID] [--log-level info]
-                  [--ca-dir DIR --trust-domain TD [--svid-ttl 24h]
+                  [--ca-dir DIR --trust-domain TD [--svid-ttl 24h] [--crl-validity 24h]
+                   [--ca-retention 168h]
                    [--mtls [--bootstrap-listen HOST:PORT] [--server-name NAME ...]]]
     meshkit leader --store etcd://HOST:PORT/PREFIX
     meshkit keygen KEYFILE [--key-id ID] [--bundle trust.json [--overlap 1h]]
@@ -38,29 +41,42 @@ def _duration(value: str) -> float:
         raise click.BadParameter(str(exc)) from None
 
 
-def _etcd_tls_options(command):
-    """--etcd-ca/--etcd-cert/--etcd-key: TLS (and client certificates) to etcd."""
-    pem = click.Path(exists=True, dir_okay=False)
+def _etcd_options(command):
+    """--etcd-ca/--etcd-cert/--etcd-key: TLS (and client certificates) to etcd;
+    --etcd-user/--etcd-password-file: etcd's user/password authentication."""
+    file = click.Path(exists=True, dir_okay=False)
     for name, text in reversed([
         ("--etcd-ca", "CA certificate (PEM) of etcd's server certificates (TLS to etcd)."),
         ("--etcd-cert", "Client certificate (PEM) for etcd's --client-cert-auth."),
         ("--etcd-key", "Private key (PEM) of --etcd-cert."),
+        ("--etcd-user", "etcd user to authenticate as (etcd's `auth enable`)."),
+        ("--etcd-password-file", "File whose first line is --etcd-user's password."),
     ]):
-        command = click.option(name, type=pem, default=None, help=text)(command)
+        kind = None if name == "--etcd-user" else file
+        command = click.option(name, type=kind, default=None, help=text)(command)
     return command
 
 
-def _etcd_store(url: str, tls_files: tuple[str | None, ...]):
-    """The EtcdStore for `--store URL` and the --etcd-* files (usage errors say why not)."""
-    from ..store.etcd import EtcdStore, EtcdTLS
+def _etcd_store(url: str, etcd: tuple[str | None, ...]):
+    """The EtcdStore for `--store URL` and the --etcd-* options (CA, cert, key, user, password
+    file; usage errors say why not)."""
+    from ..store.etcd import EtcdAuth, EtcdStore, EtcdTLS
 
+    tls_files, (user, password_file) = etcd[:3], etcd[3:]
     try:
         tls = EtcdTLS.load(*tls_files) if any(tls_files) else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--etcd-ca/--etcd-cert/--etcd-key"
                                  ) from None
+    if (user is None) != (password_file is None):
+        raise click.UsageError("--etcd-user and --etcd-password-file go together")
     try:
-        return EtcdStore.from_url(url, tls=tls)
+        auth = EtcdAuth.load(user, password_file) if user is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--etcd-user/--etcd-password-file"
+                                 ) from None
+    try:
+        return EtcdStore.from_url(url, tls=tls, auth=auth)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--store") from None
 
@@ -88,6 +104,11 @@ def main() -> None:
 @click.option("--trust-domain", default=None, help="The CA's SPIFFE trust domain (example.org).")
 @click.option("--svid-ttl", default="24h", show_default=True,
               help="Lifetime of the certificates the CA issues (and the most a node may ask).")
+@click.option("--crl-validity", default="24h", show_default=True,
+              help="How long the CA's CRLs are valid (nextUpdate); signed anew at every "
+                   "revocation and after half of this.")
+@click.option("--ca-retention", default="168h", show_default=True,
+              help="Records of certificates expired longer ago than this are pruned.")
 @click.option("--mtls", is_flag=True,
               help="Serve --listen over mTLS (node SVIDs of this CA); needs --ca-dir.")
 @click.option("--bootstrap-listen", default=None,
@@ -105,7 +126,7 @@ def main() -> None:
 @click.option("--advertise", default=None,
               help="With --store: the address the other replicas name as this leader's "
                    "(default: the --listen host and bound port).")
-@_etcd_tls_options
+@_etcd_options
 @click.option("--http-listen", default=None,
               help="Also serve the JSON/HTTP northbound API (plaintext; HOST:PORT, port 0 "
                    "picks one); it prints `meshkit: http api on HOST:PORT`.")
@@ -117,8 +138,10 @@ def serve(db: str, signing_key: str, key_id: str | None, listen: str, tokens_fil
           svid_ttl: str, mtls: bool, bootstrap_listen: str | None,
           server_names: tuple[str, ...], store_url: str | None, replica_id: str | None,
           lease_ttl: str, advertise: str | None, etcd_ca: str | None, etcd_cert: str | None,
-          etcd_key: str | None, http_listen: str | None = None,
-          drift_retry: str = "1s,30s,5") -> None:
+          etcd_key: str | None, etcd_user: str | None = None,
+          etcd_password_file: str | None = None, http_listen: str | None = None,
+          drift_retry: str = "1s,30s,5", crl_validity: str = "24h",
+          ca_retention: str = "168h") -> None:
     """Run MeshKit in the foreground until SIGTERM or SIGINT.
 
     Prints `meshkit: listening on HOST:PORT` on stdout once it serves.
@@ -142,13 +165,15 @@ def serve(db: str, signing_key: str, key_id: str | None, listen: str, tokens_fil
     async def run() -> None:
         try:
             store, election = await _open_store(db, store_url, replica_id, lease_ttl, advertise,
-                                                (etcd_ca, etcd_cert, etcd_key))
+                                                (etcd_ca, etcd_cert, etcd_key, etcd_user,
+                                                 etcd_password_file))
         except StoreError as exc:
             raise click.ClickException(str(exc)) from None
         mesh = MeshKit(store, signer, tokens, listen=listen, election=election,
                        http_listen=http_listen, repush=repush,
                        **_ca_options(store, ca_dir, trust_domain, svid_ttl, mtls,
-                                     bootstrap_listen, server_names, listen))
+                                     bootstrap_listen, server_names, listen,
+                                     crl_validity, ca_retention))
         try:
             port = await mesh.start()
         except OSError as exc:
@@ -199,12 +224,12 @@ def serve(db: str, signing_key: str, key_id: str | None, listen: str, tokens_fil
 
 
 async def _open_store(db: str, url: str | None, replica_id: str | None, lease_ttl: str,
-                      advertise: str | None, tls_files: tuple[str | None, ...]):
+                      advertise: str | None, etcd: tuple[str | None, ...]):
     """(store, election): SQLite at `db`, or etcd at `url` with a leader election."""
     from ..store import SqliteStore
 
     if url is None:
-        if replica_id or advertise or any(tls_files):
+        if replica_id or advertise or any(etcd):
             raise click.UsageError("--replica-id, --advertise and --etcd-* apply to --store only")
         return SqliteStore(db), None
     from ..leader import Election
@@ -212,7 +237,7 @@ async def _open_store(db: str, url: str | None, replica_id: str | None, lease_tt
     ttl = _duration(lease_ttl)
     if ttl < 1:
         raise click.BadParameter(f"{lease_ttl!r}: at least 1s", param_hint="--lease-ttl")
-    store = _etcd_store(url, tls_files)
+    store = _etcd_store(url, etcd)
     try:
         await store.check()
     except BaseException:
@@ -234,7 +259,7 @@ def _repush_policy(value: str):
 
 
 def _ca_options(store, ca_dir, trust_domain, svid_ttl, mtls, bootstrap_listen, server_names,
-                listen) -> dict:
+                listen, crl_validity="24h", ca_retention="168h") -> dict:
     """MeshKit's CA keyword arguments from `serve`'s options (none without --ca-dir)."""
     if ca_dir is None:
         if mtls or trust_domain or bootstrap_listen:
@@ -254,12 +279,15 @@ def _ca_options(store, ca_dir, trust_domain, svid_ttl, mtls, bootstrap_listen, s
     try:
         ca = CertificateAuthority(store, SoftwareKeyStore(ca_dir), trust_domain,
                                   default_ttl=_duration(svid_ttl),
-                                  bundle_file=Path(ca_dir) / "bundle.pem")
+                                  bundle_file=Path(ca_dir) / "bundle.pem",
+                                  crl_file=Path(ca_dir) / "crl.pem",
+                                  crl_validity=_duration(crl_validity))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--trust-domain") from None
     host = listen.rpartition(":")[0].strip("[]")
     tls = ServerIdentity(ca, [host, *server_names]) if mtls else None
-    return {"ca": ca, "tls": tls, "bootstrap_listen": bootstrap_listen}
+    return {"ca": ca, "tls": tls, "bootstrap_listen": bootstrap_listen,
+            "ca_retention": _duration(ca_retention)}
 
 
 @main.command()
@@ -319,14 +347,16 @@ def token_add(tokens_file: str, name: str, permission: str) -> None:
 @main.command()
 @click.option("--store", "store_url", required=True, metavar="etcd://HOST:PORT[,...]/PREFIX",
               help="The etcd store the replicas share.")
-@_etcd_tls_options
+@_etcd_options
 def leader(store_url: str, etcd_ca: str | None, etcd_cert: str | None,
-           etcd_key: str | None) -> None:
+           etcd_key: str | None, etcd_user: str | None = None,
+           etcd_password_file: str | None = None) -> None:
     """Print which replica leads (publishes) as JSON; exit status 1 if none does."""
     from ..leader import current_leader
     from ..store import StoreError
 
-    store = _etcd_store(store_url, (etcd_ca, etcd_cert, etcd_key))
+    store = _etcd_store(store_url, (etcd_ca, etcd_cert, etcd_key, etcd_user,
+                                    etcd_password_file))
 
     async def read():
         try:

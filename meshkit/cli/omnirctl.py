@@ -1,19 +1,23 @@
 """`omnirctl`: the operator CLI, a client of MeshKit's northbound gRPC API.
 
-    omnirctl [--server HOST:PORT] [--token TOKEN] COMMAND
+    omnirctl [--server HOST:PORT] [--token TOKEN] [--cacert BUNDLE [--cert C --key K]] COMMAND
     omnirctl config get [--scope S] [--raw]
     omnirctl config set FILE [--scope S] [--dry-run] [--expected-revision N] [--force]
     omnirctl config validate FILE [--scope S] [--local]
     omnirctl nodes [--connected] [--json]
     omnirctl status [--scope S] [--json] [--check]
     omnirctl audit tail [--since 10m|RFC3339] [--scope S] [--limit N] [--json]
-    omnirctl endpoints set CLUSTER FILE
-    omnirctl ca init|status|rotate|bundle|register-node|issue|revoke|list (meshkit/cli/ca.py)
+    omnirctl endpoints set CLUSTER FILE [--expected-revision N]
+    omnirctl endpoints get [CLUSTER ...] [--json]
+    omnirctl ca init|status|rotate|bundle|crl|register-node|issue|revoke|list (meshkit/cli/ca.py)
 
 --server defaults to $OMNIRCTL_SERVER or 127.0.0.1:7070, --token to $OMNIRCTL_TOKEN; with
---cacert ($OMNIRCTL_CACERT) the connection is TLS (MeshKit's --bootstrap-listen port).
+--cacert ($OMNIRCTL_CACERT) the connection is TLS (MeshKit's --bootstrap-listen port); with
+--cert and --key too ($OMNIRCTL_CERT, $OMNIRCTL_KEY: a certificate of MeshKit's CA) it is
+mTLS, so the --mtls port serves it as well.
 Exit status: 0 done, 1 invalid document, 2 usage, 3 compare-and-swap conflict,
-4 authentication or permission refused, 5 MeshKit unreachable, 6 not found, 7 other errors,
+4 authentication or permission refused, 5 MeshKit unreachable (or its store, or not the
+leader), 6 not found, 7 other errors,
 8 refused by capability gating, 9 (status --check) a connected node drifts.
 """
 
@@ -55,19 +59,24 @@ _STATUS_EXIT = {
 
 class Client:
     def __init__(self, server: str, token: str | None, timeout: float,
-                 cacert: str | None = None) -> None:
+                 cacert: str | None = None, cert: str | None = None,
+                 key: str | None = None) -> None:
         self.server = server
         self.token = token
         self.timeout = timeout
         self.cacert = cacert  # MeshKit's CA bundle: TLS (its bootstrap port) instead of plaintext
+        self.cert, self.key = cert, key  # a client certificate: mTLS (its --mtls port too)
         self._channel: grpc.Channel | None = None
 
     @property
     def channel(self) -> grpc.Channel:
         if self._channel is None:
             if self.cacert:
-                with open(self.cacert, "rb") as f:
-                    credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+                root = _read(self.cacert)
+                chain = _read(self.cert) if self.cert else None
+                key = _read(self.key) if self.key else None
+                credentials = grpc.ssl_channel_credentials(
+                    root_certificates=root, private_key=key, certificate_chain=chain)
                 self._channel = grpc.secure_channel(self.server, credentials)
             else:
                 self._channel = grpc.insecure_channel(self.server)
@@ -85,7 +94,10 @@ class Client:
         except grpc.RpcError as exc:
             code = exc.code()
             detail = exc.details() or code.name
-            if code == grpc.StatusCode.UNAVAILABLE:
+            # MeshKit names the kind of the errors it raises itself (meshkit/api/admin.py): an
+            # UNAVAILABLE without one is gRPC's own, MeshKit not reached at all.
+            answered = any(key == "meshkit-error" for key, _ in exc.trailing_metadata() or ())
+            if code == grpc.StatusCode.UNAVAILABLE and not answered:
                 detail = f"cannot reach MeshKit at {self.server}: {detail}"
             click.echo(f"omnirctl: {detail}", err=True)
             sys.exit(_STATUS_EXIT.get(code, EXIT_ERROR))
@@ -150,11 +162,23 @@ def _gap_lines(gaps, title: str) -> None:
 @click.option("--cacert", envvar="OMNIRCTL_CACERT", default=None,
               type=click.Path(exists=True, dir_okay=False),
               help="Trust bundle of MeshKit's CA: connect over TLS ($OMNIRCTL_CACERT).")
+@click.option("--cert", envvar="OMNIRCTL_CERT", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Client certificate chain (PEM) issued by MeshKit's CA, with --key: mTLS, "
+                   "as the --mtls port requires ($OMNIRCTL_CERT).")
+@click.option("--key", envvar="OMNIRCTL_KEY", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="The client certificate's private key (PEM) ($OMNIRCTL_KEY).")
 @click.pass_context
 def main(ctx: click.Context, server: str, token: str | None, timeout: float,
-         cacert: str | None) -> None:
+         cacert: str | None, cert: str | None, key: str | None) -> None:
     """Operate MeshKit: config, nodes, audit, CA."""
-    ctx.obj = Client(server, token, timeout, cacert)
+    if (cert is None) != (key is None):
+        raise click.UsageError("--cert and --key go together (the client certificate)")
+    if cert is not None and cacert is None:
+        raise click.UsageError("--cert needs --cacert (the bundle MeshKit's server "
+                               "certificate is verified with)")
+    ctx.obj = Client(server, token, timeout, cacert, cert, key)
 
 
 @main.group()
@@ -290,6 +314,8 @@ def status(scope: str, as_json: bool, check: bool) -> None:
         click.echo(json.dumps(MessageToDict(r, preserving_proto_field_name=True,
                                             always_print_fields_with_no_presence=True)))
     else:
+        click.echo(f"{_leadership_line(r.leadership)}; discovery generation "
+                   f"{r.discovery_generation}")
         for s in r.scopes:
             click.echo(f"scope {s.scope} revision {s.revision} version {s.version!r} epoch "
                        f"{s.epoch}: {s.nodes} nodes, {s.drifting} drifting")
@@ -315,6 +341,23 @@ def status(scope: str, as_json: bool, check: bool) -> None:
         click.echo(f"{r.connected} connected nodes, {r.drifting} drifting")
     if check and r.drifting:
         sys.exit(EXIT_DRIFT)
+
+
+def _leadership_line(lead: admin_pb2.Leadership) -> str:
+    """`replica mk-a leads (etcd, term 42, lease 9.2s left)`, `replica mk-b follows replica
+    mk-a at 10.0.1.1:7070 (etcd, term 42)`, `replica mk-b: no replica leads right now`."""
+    facts = [lead.store] if lead.store else []
+    if lead.term:
+        facts.append(f"term {lead.term}")
+    if lead.is_leader and lead.lease_ttl_seconds:
+        facts.append(f"lease {lead.lease_remaining_ms / 1000:.1f}s left")
+    detail = f" ({', '.join(facts)})" if facts else ""
+    if lead.is_leader:
+        return f"replica {lead.replica} leads{detail}"
+    if lead.leader_replica:
+        return (f"replica {lead.replica} follows replica {lead.leader_replica} at "
+                f"{lead.leader_address}{detail}")
+    return f"replica {lead.replica}: no replica leads right now{detail}"
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:
@@ -361,11 +404,37 @@ def endpoints() -> None:
 @endpoints.command("set")
 @click.argument("cluster")
 @click.argument("file")
-def endpoints_set(cluster: str, file: str) -> None:
+@click.option("--expected-revision", type=click.IntRange(min=0), default=None,
+              help="Write only if the cluster's list is at this revision (0: it has none).")
+def endpoints_set(cluster: str, file: str, expected_revision: int | None) -> None:
     """Replace CLUSTER's endpoints with the list in FILE (YAML or JSON; - for stdin)."""
-    r = _client().call("SetEndpoints",
-                       admin_pb2.SetEndpointsRequest(cluster=cluster, endpoints=_read(file)))
+    request = admin_pb2.SetEndpointsRequest(cluster=cluster, endpoints=_read(file))
+    if expected_revision is not None:
+        request.expected_revision = expected_revision
+    r = _client().call("SetEndpoints", request)
     click.echo(f"cluster {cluster}: generation {r.generation}")
+
+
+@endpoints.command("get")
+@click.argument("clusters", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="The whole GetEndpointsResponse.")
+def endpoints_get(clusters: tuple[str, ...], as_json: bool) -> None:
+    """The endpoint lists the discovery feed serves (of CLUSTERS, if given), with their
+    revisions (for endpoints set --expected-revision)."""
+    r = _client().call("GetEndpoints", admin_pb2.GetEndpointsRequest(clusters=clusters))
+    if as_json:
+        from google.protobuf.json_format import MessageToDict
+
+        click.echo(json.dumps(MessageToDict(r, preserving_proto_field_name=True,
+                                            always_print_fields_with_no_presence=True)))
+        return
+    click.echo(f"discovery generation {r.generation}")
+    rows = [("CLUSTER", "REVISION", "ENDPOINTS")]
+    for c in r.clusters:
+        listed = ", ".join(f"{e.address}:{e.port}" + (f" w{e.weight}" if e.weight != 1 else "")
+                           + (f" p{e.priority}" if e.priority else "") for e in c.endpoints)
+        rows.append((c.cluster, str(c.revision), listed or "(none)"))
+    _table(rows)
 
 
 main.add_command(ca_commands)  # `omnirctl ca ...` (meshkit/cli/ca.py)

@@ -6,8 +6,9 @@
 
 Writes reach the cache only through the store's watch, whoever made them, so a publish by
 this process, by another process on the same SQLite file or by another replica on etcd is
-pushed the same way. With an `election` (replicas on etcd, meshkit/leader.py) only the leader
-publishes; every replica serves watches.
+pushed the same way; endpoint lists reach the discovery feed the same way (the store's endpoint
+watch). With an `election` (replicas on etcd, meshkit/leader.py) only the leader publishes;
+every replica serves watches and discovery.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -59,6 +63,8 @@ class MeshKit:
         tls: ServerIdentity | None = None,
         bootstrap_listen: str | None = None,
         election: Election | None = None,
+        replica: str | None = None,
+        ca_retention: float | None = None,
     ) -> None:
         self.store = store
         self.tokens = tokens
@@ -70,17 +76,22 @@ class MeshKit:
         self.feed = EndpointFeed()
         self.publisher = Publisher(store, self.cache, self.registry.watching,
                                    nodes=self.registry.targets)
-        self.ops = AdminOps(store, self.cache, self.publisher, self.registry, self.feed, tokens)
+        self.ops = AdminOps(store, self.cache, self.publisher, self.registry, self.feed, tokens,
+                            leadership=self.leadership)
         self.http_listen, self.http_port, self._http = http_listen, None, None
         self.port: int | None = None
         # The CA (meshkit/ca); with `tls`, `listen` is mTLS (callers present an SVID of this CA)
         # and `bootstrap_listen` is server-only TLS (first certificates, the admin API).
         self.ca, self.tls, self.bootstrap_listen = ca, tls, bootstrap_listen
         self.bootstrap_port: int | None = None
+        self.ca_retention = ca_retention  # expired certificates' records pruned after it
+        self._ca_upkeep: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
-        self._feeder: asyncio.Task[None] | None = None
+        self._feeders: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.election = election
+        self.replica = (election.replica if election is not None
+                        else replica or f"{socket.gethostname()}-{os.getpid()}")
         self._campaign: asyncio.Task[None] | None = None
         if election is not None:
             self.publisher.may_publish = election.refusal
@@ -90,7 +101,16 @@ class MeshKit:
         states, revision = await self.store.current(actor=ACTOR)
         for stored in states:
             self._apply(stored)
-        self._feeder = asyncio.create_task(self._follow(revision), name="meshkit-store-watch")
+        lists, endpoints_revision = await self.store.current_endpoints()
+        for listed in sorted(lists, key=lambda listed: listed.revision):
+            self.feed.apply(listed)
+        self._feeders = [
+            asyncio.create_task(self._follow(self.store.watch, self._apply, revision),
+                                name="meshkit-store-watch"),
+            asyncio.create_task(self._follow(self.store.watch_endpoints, self.feed.apply,
+                                             endpoints_revision),
+                                name="meshkit-endpoints-watch"),
+        ]
         if self.ca is not None:
             await ca_service.load_ca(self.ca, needs_ca=self.tls is not None, actor=ACTOR)
         server = grpc.aio.server(
@@ -141,12 +161,19 @@ class MeshKit:
 
             self._http = HttpApi(self.ops)
             self.http_port = await self._http.start(self.http_listen)
+        if self.ca is not None:  # CRL refresh; pruning on the leader (ca_service.maintain)
+            election = self.election
+            self._ca_upkeep = asyncio.create_task(ca_service.maintain(
+                self.ca, leading=lambda: election is None or election.is_leader, actor=ACTOR,
+                **({"retention": self.ca_retention} if self.ca_retention is not None else {})),
+                name="meshkit-ca-upkeep")
         if self.election is not None:
             if not self.election.address:
                 self.election.address = f"{self.listen.rpartition(':')[0]}:{self.port}"
             self._campaign = asyncio.create_task(self.election.run(), name="meshkit-election")
-        log.info("serving on port %d; %d scopes at store revision %d, signing key %s",
-                 self.port, len(states), revision, self.cache.signer.key_id)
+        log.info("serving on port %d; %d scopes at store revision %d, %d endpoint lists at "
+                 "discovery generation %d, signing key %s", self.port, len(states), revision,
+                 len(lists), self.feed.generation, self.cache.signer.key_id)
         return self.port
 
     def _apply(self, stored) -> None:
@@ -160,11 +187,22 @@ class MeshKit:
                      snapshot.scope, snapshot.revision, snapshot.version, snapshot.epoch,
                      self.registry.watching(snapshot.scope))
 
-    async def _follow(self, after_revision: int) -> None:
+    def leadership(self) -> dict[str, Any]:
+        """Which replica publishes (admin.proto's Leadership): the election's view on etcd; a
+        MeshKit on SQLite publishes itself, so it is the leader."""
+        if self.election is not None:
+            return self.election.status()
+        address = f"{self.listen.rpartition(':')[0]}:{self.port}" if self.port else ""
+        return {"replica": self.replica, "is_leader": True, "leader_replica": self.replica,
+                "leader_address": address, "store": self.store.kind}
+
+    async def _follow(self, watch: Callable[[int], AsyncIterator[Any]],
+                      apply: Callable[[Any], object], after_revision: int) -> None:
+        """Apply every write `watch` yields after `after_revision`, resuming after failures."""
         while True:
             try:
-                async for stored in self.store.watch(after_revision):
-                    self._apply(stored)
+                async for stored in watch(after_revision):
+                    apply(stored)
                     after_revision = stored.revision
             except asyncio.CancelledError:
                 raise
@@ -188,6 +226,10 @@ class MeshKit:
         self._stopping.set()
         if self._http is not None:
             await self._http.stop()
+        if self._ca_upkeep is not None:
+            self._ca_upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ca_upkeep
         if self._campaign is not None:  # hand leadership over now, not after the lease's TTL
             self._campaign.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -195,7 +237,7 @@ class MeshKit:
             await self.election.resign()
         if self._server is not None:
             await self._server.stop(grace)
-        if self._feeder is not None:
-            self._feeder.cancel()
+        for feeder in self._feeders:
+            feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._feeder
+                await feeder

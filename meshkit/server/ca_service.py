@@ -1,10 +1,12 @@
-"""The CA's gRPC services: `CertificateAuthority` (nodes: Sign, GetBundle) and `CaAdmin`
-(operators, bearer tokens like MeshAdmin). protos/ca.proto documents both."""
+"""The CA's gRPC services: `CertificateAuthority` (nodes: Sign, GetBundle with the CRLs) and
+`CaAdmin` (operators, bearer tokens like MeshAdmin). protos/ca.proto documents both.
+`maintain` is the CA's housekeeping loop (CRL file refresh; pruning on the leader)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import grpc
 from cryptography import x509
@@ -13,6 +15,7 @@ from omnirelay.config.protos import ca_pb2, ca_pb2_grpc
 
 from ..api.auth import MUTATE, READ, AuthError, Principal, TokenAuthority
 from ..ca.authority import (
+    DEFAULT_RETENTION,
     DENIED,
     INVALID,
     NOT_FOUND,
@@ -96,11 +99,16 @@ class CertificateAuthorityService(ca_pb2_grpc.CertificateAuthorityServicer):
         return sign_response(issued)
 
     async def GetBundle(self, request, context):
-        if not self.ca.initialized:
-            await self.ca.load()
+        try:
+            crls = await self.ca.crls()  # reads the CA state (a rotation by another replica)
+        except CaError as exc:
+            await _abort(context, exc)
+            raise
         return ca_pb2.TrustBundle(bundle_pem=self.ca.bundle_pem(),
                                   trust_domain=self.ca.trust_domain,
-                                  revoked_serials=sorted(await self.ca.revoked()))
+                                  revoked_serials=sorted(await self.ca.revoked()),
+                                  crl_pem=crls.pem,
+                                  crl_next_update_unix=int(crls.next_update))
 
 
 class CaAdminService(ca_pb2_grpc.CaAdminServicer):
@@ -305,7 +313,7 @@ async def load_ca(ca: CertificateAuthority, *, needs_ca: bool, actor: str) -> No
     """Load the CA state; serving mTLS needs a CA, so then create one if there is none."""
     try:
         if not await ca.load() and needs_ca:
-            await ca.init(actor=actor)
+            await ca.init(actor=actor, exist_ok=True)  # replicas starting together: one CA
     except CaError as exc:
         raise OSError(f"certificate authority: {exc}") from None
     if ca.initialized:
@@ -315,6 +323,33 @@ async def load_ca(ca: CertificateAuthority, *, needs_ca: bool, actor: str) -> No
     else:
         log.info("CA for trust domain %s not initialized yet (omnirctl ca init)",
                  ca.trust_domain)
+
+
+MAINTENANCE_INTERVAL = 300.0
+
+
+async def maintain(ca: CertificateAuthority, *, leading: Callable[[], bool], actor: str,
+                   retention: float = DEFAULT_RETENTION,
+                   interval: float = MAINTENANCE_INTERVAL) -> None:
+    """Forever, every `interval` seconds: keep the CRL file fresh (signed anew before half its
+    validity has passed) and, on the replica that `leading()` (the only one, without an
+    election), prune the records of certificates expired more than `retention` ago."""
+    interval = min(interval, ca.crl_validity / 4)  # the CRL file is re-signed at half life
+    while True:
+        try:
+            if await ca.load():
+                await ca.write_crl()
+                if leading():
+                    pruned = await ca.prune(retention=retention, actor=actor)
+                    if pruned:
+                        await ca.store.append_audit(
+                            actor=actor, action="ca-prune",
+                            detail=f"{pruned} expired certificates past {retention:g}s")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a store hiccup: try again next round
+            log.exception("CA maintenance failed; retrying in %gs", interval)
+        await asyncio.sleep(interval)
 
 
 def interceptors(ca: CertificateAuthority | None, tls) -> list[grpc.aio.ServerInterceptor]:

@@ -5,6 +5,7 @@ compared with what MeshKit wants it to run) and the per-node record the northbou
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import grpc
 
@@ -114,11 +115,16 @@ class NodeStatusService(mesh_pb2_grpc.NodeStatusServicer):
         return reply
 
 
-def status(registry: NodeRegistry, cache: SnapshotCache,
-           scope: str = "") -> admin_pb2.GetStatusResponse:
-    """Desired state per scope and each node's view of it; only `scope` (and the nodes served
-    from it) when given."""
-    response = admin_pb2.GetStatusResponse()
+def status(registry: NodeRegistry, cache: SnapshotCache, scope: str = "", *,
+           leadership: Mapping[str, object] | None = None,
+           discovery_generation: int = 0) -> admin_pb2.GetStatusResponse:
+    """Desired state per scope and each node's view of it (only `scope`, and the nodes served
+    from it, when given), which replica leads (`leadership`: the fields of admin.proto's
+    Leadership) and the discovery feed's generation."""
+    response = admin_pb2.GetStatusResponse(
+        leadership=admin_pb2.Leadership(**leadership) if leadership else None,
+        discovery_generation=discovery_generation,
+    )
     scopes: dict[str, admin_pb2.ScopeStatus] = {}
     for snapshot in cache.snapshots():
         if scope and snapshot.scope != scope:

@@ -4,6 +4,11 @@ Per stream: read the Hello, register the node, then send the snapshot of the nod
 specific scope now and after every change, each with a fresh nonce; ACKs and NACKs carrying the
 latest nonce are recorded (NACKs also in the audit log), older ones ignored. The service only
 reads the snapshot cache (go-control-plane's split): it never touches the store for config.
+
+Deltas: a node that announces `config_delta/1` is sent a `Delta` (meshkit/delta.py) instead of
+the snapshot when MeshKit knows the document the node runs (its Hello's `current_sha256`, then
+each ACK) and the delta is smaller. A NACK of a delta makes the stream send the full snapshot at
+once, and no delta until the node ACKs again; drift re-sends are always full snapshots.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from omnirelay.config.delta import FEATURE as DELTA_FEATURE
 from omnirelay.config.protos import mesh_pb2, mesh_pb2_grpc
 
 from ..cache import Snapshot, SnapshotCache
+from ..delta import Delta, DeltaCache
 from ..scopes import valid_name
 from ..store import Store
 from .nodes import NodeRegistry, NodeState, drifts
@@ -56,6 +63,25 @@ def snapshot_response(snapshot: Snapshot, nonce: str) -> bytes:
     made once per publish plus the nonce field (protobuf fields may come in any order)."""
     inner = snapshot.wire + _field(2, nonce.encode())  # Snapshot.nonce = 2
     return _field(1, inner)  # WatchResponse.snapshot = 1
+
+
+def delta_response(delta: Delta, nonce: str) -> bytes:
+    """The serialized WatchResponse carrying `delta` with `nonce`, made like
+    `snapshot_response`."""
+    inner = delta.wire + _field(2, nonce.encode())  # Delta.nonce = 2
+    return _field(3, inner)  # WatchResponse.delta = 3
+
+
+@dataclass(slots=True)
+class _Deltas:
+    """A stream's delta state: whether the node applies deltas, the SHA-256 of the document
+    it runs as far as MeshKit knows (its Hello, then each ACK; "" after a NACKed delta), the
+    nonce of the last delta sent, and whether a NACK of it asks for the full snapshot now."""
+
+    enabled: bool
+    base: str = ""
+    nonce: str = ""
+    fallback: bool = False
 
 
 def _field(number: int, value: bytes) -> bytes:
@@ -133,8 +159,10 @@ class ConfigWatchService(mesh_pb2_grpc.ConfigWatchServicer):
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         hello_timeout: float = 10.0,
+        deltas: DeltaCache | None = None,
     ) -> None:
         self.cache = cache
+        self.deltas = deltas or DeltaCache()
         self.registry = registry
         self.store = store
         self.stopping = stopping
@@ -186,7 +214,9 @@ class ConfigWatchService(mesh_pb2_grpc.ConfigWatchServicer):
             if not wake.done():
                 wake.set_result(None)
 
-        reader = asyncio.ensure_future(self._read(request_iterator, state, session))
+        deltas = _Deltas(enabled=f"feature:{DELTA_FEATURE}" in state.capabilities,
+                         base=first.hello.current_sha256)
+        reader = asyncio.ensure_future(self._read(request_iterator, state, session, deltas))
         resend = state.resend
         assert resend is not None  # set by connect() for the current session
         waits = {
@@ -207,19 +237,19 @@ class ConfigWatchService(mesh_pb2_grpc.ConfigWatchServicer):
                     resend.clear()
                     waits["resend"] = asyncio.ensure_future(resend.wait())
                     waits["resend"].add_done_callback(poke)
-                    repush = snapshot is not None and snapshot is sent and drifts(state, snapshot)
-                    if repush:
+                    fallback, deltas.fallback = deltas.fallback, False
+                    repush = snapshot is not None and snapshot is sent and (
+                        fallback or drifts(state, snapshot))
+                    if repush and fallback:
+                        log.info("node %s NACKed a delta; sending the full snapshot", node.id)
+                    elif repush:
                         state.repushes += 1
                         log.info("node %s drifts from %s revision %d; re-sending it (attempt %d)",
                                  node.id, snapshot.scope, snapshot.revision,
                                  state.repush_attempts)
                 if snapshot is not None and (snapshot is not sent or repush):
-                    nonce = secrets.token_hex(8)
-                    self.registry.sent(state, snapshot, nonce)
-                    await context.write(snapshot_response(snapshot, nonce))
+                    await self._send(context, state, snapshot, deltas, full=repush)
                     sent = snapshot
-                    log.debug("sent %s revision %d (%s) to %s, nonce %s", snapshot.scope,
-                              snapshot.revision, snapshot.version, node.id, nonce)
                 await wake
                 change.remove_done_callback(poke)
                 wake = loop.create_future()
@@ -250,18 +280,40 @@ class ConfigWatchService(mesh_pb2_grpc.ConfigWatchServicer):
             self.registry.disconnect(state, session)
             log.info("node %s stream ended", node.id)
 
+    async def _send(self, context: grpc.aio.ServicerContext, state: NodeState,
+                     snapshot: Snapshot, deltas: _Deltas, *, full: bool) -> None:
+        """Send `snapshot` with a fresh nonce: as a delta when the node takes one, MeshKit
+        knows its base and the delta is worth it (unless `full`), else whole."""
+        self.deltas.remember(snapshot)  # a document a node runs: a base for later deltas
+        delta = None
+        if deltas.enabled and not full and deltas.base:
+            delta = await self.deltas.get(deltas.base, snapshot)
+        nonce = secrets.token_hex(8)
+        self.registry.sent(state, snapshot, nonce)
+        if delta is not None:
+            deltas.nonce = nonce
+            await context.write(delta_response(delta, nonce))
+        else:
+            await context.write(snapshot_response(snapshot, nonce))
+        log.debug("sent %s revision %d (%s) to %s as a %s, nonce %s", snapshot.scope,
+                  snapshot.revision, snapshot.version, state.id,
+                  "snapshot" if delta is None else f"delta from {deltas.base[:16]}", nonce)
+
     async def _read(
         self,
         requests: AsyncIterator[mesh_pb2.WatchRequest],
         state: NodeState,
         session: int,
+        deltas: _Deltas,
     ) -> None:
         async for request in requests:
             kind = request.WhichOneof("kind")
             if not self.registry.is_current(state, session):
                 return
             if kind == "ack":
-                if not self.registry.ack(state, request.ack):
+                if self.registry.ack(state, request.ack):
+                    deltas.base = state.acked_sha256
+                else:
                     log.debug("ignored ACK from %s with stale nonce %r", state.id,
                               request.ack.nonce)
             elif kind == "nack":
@@ -271,9 +323,17 @@ class ConfigWatchService(mesh_pb2_grpc.ConfigWatchServicer):
                     continue
                 log.warning("node %s NACKed version %r: %s: %s", state.id, nack.version,
                             nack.error.code, nack.error.message)
-                delay = self.registry.schedule_repush(state)
-                if delay is not None:
-                    log.info("re-sending to node %s in %.2f s", state.id, delay)
+                if deltas.nonce and nack.nonce == deltas.nonce:
+                    # A delta the node could not use: its full snapshot now, deltas again
+                    # once it ACKs something.
+                    deltas.base = ""
+                    deltas.fallback = True
+                    if state.resend is not None:
+                        state.resend.set()
+                else:
+                    delay = self.registry.schedule_repush(state)
+                    if delay is not None:
+                        log.info("re-sending to node %s in %.2f s", state.id, delay)
                 revision = state.sent.revision if state.sent is not None else 0
                 try:
                     await self.store.append_audit(

@@ -1,10 +1,18 @@
 """Desired-state stores: the `Store` interface and its embedded SQLite default (the etcd
 backend, meshkit.store.etcd, is imported only when used)."""
 
-from .base import AuditEntry, NotLeader, RevisionConflict, Store, StoredConfig, StoreError
+from .base import (
+    AuditEntry,
+    NotLeader,
+    RevisionConflict,
+    Store,
+    StoredConfig,
+    StoredEndpoints,
+    StoreError,
+)
 from .sqlite import SqliteStore
 
 __all__ = [
     "AuditEntry", "NotLeader", "RevisionConflict", "SqliteStore", "Store", "StoreError",
-    "StoredConfig",
+    "StoredConfig", "StoredEndpoints",
 ]

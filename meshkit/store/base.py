@@ -5,6 +5,11 @@ next revision, and a scope's revision is the revision of its last write, so a co
 names the revision the writer last saw (0 = the scope has no document yet). `watch` yields
 every write after a revision, in order. The audit log is append-only and records every
 mutation, every refused mutation and every read, with actor, action, scope, revision and time.
+
+Endpoint lists of the discovery feed (clusters with `discovery: {type: api}`) are kept the
+same way: one list per cluster, written by compare-and-swap at the next store revision with
+its audit entry, followed by `watch_endpoints`. The feed's generation is the revision of the
+last list written, so it never goes backwards across restarts and every replica agrees on it.
 """
 
 from __future__ import annotations
@@ -55,6 +60,17 @@ class StoredConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredEndpoints:
+    """One cluster's endpoint list as written at `revision` (its discovery generation)."""
+
+    cluster: str
+    revision: int
+    endpoints: bytes  # canonical JSON list of endpoint mappings
+    actor: str
+    updated_at: float  # Unix seconds
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     id: int
     timestamp: float  # Unix seconds
@@ -67,6 +83,8 @@ class AuditEntry:
 
 class Store(abc.ABC):
     """Desired state by scope, with revisions, compare-and-swap writes, watch and audit."""
+
+    kind = ""  # "sqlite", "etcd": what status output names the backend
 
     @abc.abstractmethod
     async def get(
@@ -102,6 +120,28 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def revision(self) -> int:
         """The store revision: the revision of the last write, 0 if none."""
+
+    # -- endpoint lists (the discovery feed) ------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_endpoints(
+        self, cluster: str, endpoints: bytes, *, expected_revision: int | None, actor: str,
+        detail: str = "",
+    ) -> StoredEndpoints:
+        """Replace the cluster's endpoint list at the next store revision, atomically with
+        its audit entry (action `set-endpoints`, scope `cluster/<name>`); with
+        `expected_revision`, only if the list is at that revision (0 = the cluster has none),
+        RevisionConflict otherwise (audited)."""
+
+    @abc.abstractmethod
+    async def current_endpoints(self) -> tuple[list[StoredEndpoints], int]:
+        """Every cluster's current list (by cluster) and the store revision they were read at,
+        from which `watch_endpoints` misses nothing."""
+
+    @abc.abstractmethod
+    def watch_endpoints(self, after_revision: int = 0) -> AsyncIterator[StoredEndpoints]:
+        """Every endpoint-list write with a revision above `after_revision`, in revision order,
+        forever."""
 
     @abc.abstractmethod
     async def append_audit(
@@ -141,4 +181,15 @@ class Store(abc.ABC):
 
     async def ca_list(self, kind: str) -> list[tuple[str, bytes]]:
         """Every record of `kind` as (name, value), by name."""
+        raise StoreError(f"{type(self).__name__} does not keep CA records")
+
+    async def ca_create(self, kind: str, name: str, value: bytes, *, actor: str,
+                        detail: str = "") -> bool:
+        """Create the record only if there is none (atomically, audited like `ca_put`);
+        False, writing nothing, when it exists: replicas racing to create it agree on one."""
+        raise StoreError(f"{type(self).__name__} does not keep CA records")
+
+    async def ca_delete(self, kind: str, name: str, *, actor: str, detail: str = "") -> bool:
+        """Delete the record, atomically with an audit entry (action `ca-<kind>-deleted`);
+        False when there was none (nothing audited)."""
         raise StoreError(f"{type(self).__name__} does not keep CA records")

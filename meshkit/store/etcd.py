@@ -8,6 +8,8 @@ Keys under the prefix P (`meshkit serve --store etcd://HOST:PORT[,HOST:PORT...]/
 - `P/audit/<time>-<random>`: one audit entry (JSON), created once and never rewritten (every
   put of one compares create_revision == 0). Its id is the etcd revision that created it.
 - `P/ca/<kind>/<name>`: CA records (meshkit/ca).
+- `P/endpoints/<cluster>`: the cluster's endpoint list of the discovery feed (JSON); its
+  mod_revision is the list's revision and discovery generation.
 - `P/leader`: the elected publisher, bound to its lease (meshkit/leader.py).
 
 A compare-and-swap write is one txn: compare the scope key's mod_revision with the expected
@@ -27,7 +29,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,7 +37,15 @@ from urllib.parse import urlsplit
 import grpc
 from aetcd import rpc
 
-from .base import AuditEntry, NotLeader, RevisionConflict, Store, StoredConfig, StoreError
+from .base import (
+    AuditEntry,
+    NotLeader,
+    RevisionConflict,
+    Store,
+    StoredConfig,
+    StoredEndpoints,
+    StoreError,
+)
 
 DEFAULT_PREFIX = "/meshkit"
 RPC_TIMEOUT = 5.0
@@ -112,6 +122,29 @@ class EtcdTLS:
         return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
 
 
+@dataclass(frozen=True, slots=True)
+class EtcdAuth:
+    """etcd's user/password authentication: the client trades them for a token
+    (Auth.Authenticate) that every call then carries (metadata `token`)."""
+
+    user: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def load(cls, user: str, password_file: str) -> EtcdAuth:
+        """The password is the file's first line; ValueError naming the file and the reason."""
+        if not user:
+            raise ValueError("etcd user: empty")
+        try:
+            lines = Path(password_file).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{password_file}: cannot read: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        if not lines or not lines[0]:
+            raise ValueError(f"{password_file}: empty (the password is its first line)")
+        return cls(user, lines[0])
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The range_end that makes [prefix, end) every key starting with `prefix`."""
     end = bytearray(prefix)
@@ -128,6 +161,8 @@ def _b64(data: bytes) -> str:
 
 
 class EtcdStore(Store):
+    kind = "etcd"
+
     def __init__(
         self,
         endpoints: tuple[str, ...] | list[str],
@@ -136,6 +171,7 @@ class EtcdStore(Store):
         timeout: float = RPC_TIMEOUT,
         clock: Callable[[], float] = time.time,
         tls: EtcdTLS | None = None,
+        auth: EtcdAuth | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("etcd: at least one endpoint is needed")
@@ -145,9 +181,13 @@ class EtcdStore(Store):
         self.timeout = timeout
         self._clock = clock
         self.tls = tls
+        self.auth = auth
+        self._token: str | None = None  # with `auth`: the current etcd token
+        self._authenticating: asyncio.Lock | None = None
         self._desired = self.prefix + b"desired/"
         self._audit = self.prefix + b"audit/"
         self._ca = self.prefix + b"ca/"
+        self._endpoints = self.prefix + b"endpoints/"
         self.leader_key = self.prefix + b"leader"
         # Set by an election (meshkit/leader.py): writes of desired state then also require the
         # leader key to have this create_revision (-1: not the leader, nothing matches).
@@ -188,13 +228,55 @@ class EtcdStore(Store):
     def error(self, exc: grpc.aio.AioRpcError) -> StoreError:
         return StoreError(f"{self.where}: {exc.code().name}: {exc.details()}")
 
+    async def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata every call carries: with `auth`, the token (authenticating first if
+        there is none yet)."""
+        if self.auth is None:
+            return ()
+        token = self._token or await self._authenticate(None)
+        return (("token", token),)
+
+    async def _authenticate(self, stale: str | None) -> str:
+        """A token for `auth`: a new one unless another call already replaced `stale`."""
+        assert self.auth is not None
+        if self._authenticating is None:
+            self._authenticating = asyncio.Lock()
+        async with self._authenticating:
+            if self._token is not None and self._token != stale:
+                return self._token
+            stub = rpc.AuthStub(self.channel())
+            request = rpc.AuthenticateRequest(name=self.auth.user, password=self.auth.password)
+            try:
+                reply = await stub.Authenticate(request, timeout=self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise StoreError(f"{self.where}: authentication as etcd user "
+                                 f"{self.auth.user!r} failed: {exc.code().name}: "
+                                 f"{exc.details()}") from None
+            self._token = reply.token
+            return reply.token
+
+    @staticmethod
+    def _token_refused(exc: grpc.aio.AioRpcError) -> bool:
+        """etcd refused the token: expired or invalidated (UNAUTHENTICATED), or issued before
+        users or roles changed ("revision of auth store is old")."""
+        return (exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                or "auth store is old" in (exc.details() or ""))
+
     async def call(self, service: str, method: str, request: Any) -> Any:
-        """One unary call (KV.Range, KV.Txn, Lease.LeaseGrant, ...) with the RPC timeout."""
+        """One unary call (KV.Range, KV.Txn, Lease.LeaseGrant, ...) with the RPC timeout; with
+        `auth`, a refused token is renewed and the call made once more."""
         stub = getattr(rpc, f"{service}Stub")(self.channel())
-        try:
-            return await getattr(stub, method)(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self.error(exc) from None
+        for attempt in (1, 2):
+            metadata = await self.metadata()
+            try:
+                return await getattr(stub, method)(request, timeout=self.timeout,
+                                                   metadata=metadata)
+            except grpc.aio.AioRpcError as exc:
+                if attempt == 1 and metadata and self._token_refused(exc):
+                    await self._authenticate(metadata[0][1])
+                    continue
+                raise self.error(exc) from None
+        raise AssertionError("unreachable")
 
     async def check(self) -> int:
         """Reach etcd (StoreError with the reason if not); returns its current revision."""
@@ -213,7 +295,8 @@ class EtcdStore(Store):
     ) -> AsyncIterator[Any]:
         """etcd events (rpc.Event) on [key, range_end) from `start_revision` on, forever.
         StoreError if the stream fails; Compacted if that history is gone."""
-        call = rpc.WatchStub(self.channel()).Watch()
+        metadata = await self.metadata()
+        call = rpc.WatchStub(self.channel()).Watch(metadata=metadata)
         try:
             await call.write(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
                 key=key, range_end=range_end, start_revision=start_revision)))
@@ -224,6 +307,8 @@ class EtcdStore(Store):
                 if reply.compact_revision:
                     raise Compacted(reply.compact_revision)
                 if reply.canceled:
+                    if metadata:  # etcd refuses a stale token so: the next watch gets a new one
+                        await self._authenticate(metadata[0][1])
                     raise StoreError(f"{self.where}: watch canceled: {reply.cancel_reason}")
                 for event in reply.events:
                     yield event
@@ -309,12 +394,21 @@ class EtcdStore(Store):
         now = self._clock()
         value = json.dumps({"document": _b64(document), "sha256": sha256, "version": version,
                             "epoch": epoch, "actor": actor, "updated_at": now}).encode()
-        audit_compare, audit_put, _ = self._audit_op(actor, "write", scope, None, detail)
-        compare = [
-            rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
-                        mod_revision=expected_revision),
-            audit_compare,
-        ]
+        revision = await self._fenced_put(key, value, expected_revision, actor=actor,
+                                          action="write", scope=scope, detail=detail)
+        return StoredConfig(scope, revision, document, sha256, version, epoch, actor, now)
+
+    async def _fenced_put(self, key: bytes, value: bytes, expected_revision: int | None, *,
+                          actor: str, action: str, scope: str, detail: str) -> int:
+        """Put `key` with its audit entry in one txn if its mod_revision is
+        `expected_revision` (None: whatever it is) and, with an election, this replica holds
+        the leader key (the fence); the txn's revision. RevisionConflict or NotLeader (both
+        audited) otherwise."""
+        audit_compare, audit_put, _ = self._audit_op(actor, action, scope, None, detail)
+        compare = [audit_compare]
+        if expected_revision is not None:
+            compare.append(rpc.Compare(key=key, target=rpc.Compare.MOD,
+                                       result=rpc.Compare.EQUAL, mod_revision=expected_revision))
         failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))]
         fence = self.fence
         if fence is not None:
@@ -323,11 +417,12 @@ class EtcdStore(Store):
         success = [rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value)), audit_put]
         reply = await self.txn(compare, success, failure)
         if reply.succeeded:
-            return StoredConfig(scope, reply.header.revision, document, sha256, version, epoch,
-                                actor, now)
+            return reply.header.revision
         kvs = reply.responses[0].response_range.kvs
         actual = kvs[0].mod_revision if kvs else 0
-        if actual == expected_revision:  # the scope was as expected: the fence failed
+        if expected_revision is None or actual == expected_revision:  # so the fence failed
+            if fence is None:  # no fence: 48 random bits and a nanosecond clock collided
+                raise StoreError(f"{self.where}: audit key collision; retry")
             await self.append_audit(actor=actor, action="refused", scope=scope, revision=actual,
                                     detail="this replica is not the leader")
             raise NotLeader("this MeshKit replica is no longer the leader; publish through the "
@@ -336,24 +431,62 @@ class EtcdStore(Store):
                                 detail=f"expected revision {expected_revision}")
         raise RevisionConflict(scope, expected_revision, actual)
 
-    async def watch(self, after_revision: int = 0) -> AsyncIterator[StoredConfig]:
+    def watch(self, after_revision: int = 0) -> AsyncIterator[StoredConfig]:
+        return self._follow(self._desired, self._stored, after_revision)
+
+    async def _follow(self, prefix: bytes, decode: Callable[[Any], Any],
+                      after_revision: int) -> AsyncIterator[Any]:
+        """Every put under `prefix` above `after_revision`, decoded, in revision order."""
         last = after_revision
         while True:
             try:
-                async for event in self.events(self._desired, prefix_end(self._desired),
-                                               last + 1):
+                async for event in self.events(prefix, prefix_end(prefix), last + 1):
                     if event.type == rpc.Event.PUT:
-                        stored = self._stored(event.kv)
-                        last = stored.revision
-                        yield stored
+                        item = decode(event.kv)
+                        last = item.revision
+                        yield item
             except Compacted:
-                # The writes since `last` are compacted away: catch up with each scope's
-                # current document instead (only the latest one matters to the cache).
-                reply = await self.range(self._desired, prefix_end(self._desired))
-                newer = [s for s in map(self._stored, reply.kvs) if s.revision > last]
-                for stored in sorted(newer, key=lambda s: s.revision):
-                    yield stored
+                # The writes since `last` are compacted away: catch up with each key's
+                # current value instead (only the latest one matters to the followers).
+                reply = await self.range(prefix, prefix_end(prefix))
+                newer = [item for item in map(decode, reply.kvs) if item.revision > last]
+                for item in sorted(newer, key=lambda item: item.revision):
+                    yield item
                 last = reply.header.revision
+
+    # -- endpoint lists ---------------------------------------------------------------------
+
+    def _stored_endpoints(self, kv: Any) -> StoredEndpoints:
+        cluster = kv.key[len(self._endpoints):].decode()
+        try:
+            value = json.loads(kv.value)
+            return StoredEndpoints(cluster, kv.mod_revision, value["endpoints"].encode(),
+                                   value["actor"], float(value["updated_at"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StoreError(
+                f"{self.where}: key {kv.key.decode(errors='replace')!r} at revision "
+                f"{kv.mod_revision} is not a MeshKit endpoint list: {exc}"
+            ) from None
+
+    async def put_endpoints(
+        self, cluster: str, endpoints: bytes, *, expected_revision: int | None, actor: str,
+        detail: str = "",
+    ) -> StoredEndpoints:
+        endpoints = bytes(endpoints)
+        now = self._clock()
+        value = json.dumps({"endpoints": endpoints.decode(), "actor": actor,
+                            "updated_at": now}).encode()
+        revision = await self._fenced_put(
+            self._endpoints + cluster.encode(), value, expected_revision, actor=actor,
+            action="set-endpoints", scope=f"cluster/{cluster}", detail=detail)
+        return StoredEndpoints(cluster, revision, endpoints, actor, now)
+
+    async def current_endpoints(self) -> tuple[list[StoredEndpoints], int]:
+        reply = await self.range(self._endpoints, prefix_end(self._endpoints))
+        return [self._stored_endpoints(kv) for kv in reply.kvs], reply.header.revision
+
+    def watch_endpoints(self, after_revision: int = 0) -> AsyncIterator[StoredEndpoints]:
+        return self._follow(self._endpoints, self._stored_endpoints, after_revision)
 
     async def revision(self) -> int:
         reply = await self.range(self._desired, prefix_end(self._desired), limit=1,
@@ -415,6 +548,31 @@ class EtcdStore(Store):
         reply = await self.txn([compare], [put, audit_put], [])
         if not reply.succeeded:
             raise StoreError(f"{self.where}: audit key collision; retry")
+
+    async def ca_create(self, kind: str, name: str, value: bytes, *, actor: str,
+                        detail: str = "") -> bool:
+        key = self._ca_key(kind, name)
+        compare, audit_put, _ = self._audit_op(actor, f"ca-{kind}", f"ca/{kind}/{name}", 0,
+                                               detail)
+        absent = rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL,
+                             create_revision=0)
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=bytes(value)))
+        reply = await self.txn([absent, compare], [put, audit_put], [])
+        if reply.succeeded:
+            return True
+        if await self.ca_get(kind, name) is None:  # it was the audit key that collided
+            raise StoreError(f"{self.where}: audit key collision; retry")
+        return False
+
+    async def ca_delete(self, kind: str, name: str, *, actor: str, detail: str = "") -> bool:
+        key = self._ca_key(kind, name)
+        compare, audit_put, _ = self._audit_op(actor, f"ca-{kind}-deleted", f"ca/{kind}/{name}",
+                                               0, detail)
+        present = rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.GREATER,
+                              create_revision=0)
+        delete = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+        reply = await self.txn([present, compare], [delete, audit_put], [])
+        return bool(reply.succeeded)
 
     async def ca_list(self, kind: str) -> list[tuple[str, bytes]]:
         start = self._ca_key(kind)

@@ -6,6 +6,9 @@ Tables:
 - `desired`: each scope's current revision (a pointer into `history`).
 - `audit`: the append-only audit log (same triggers).
 - `ca_records`: the certificate authority's records by (kind, name) (meshkit/ca).
+- `endpoint_history` and `endpoints`: every endpoint-list write of the discovery feed and each
+  cluster's current one, as `history` and `desired`. Config and endpoint writes draw their
+  revisions from one counter (the larger of both histories, plus one).
 
 A compare-and-swap runs in one `BEGIN IMMEDIATE` transaction: read the scope's revision,
 compare, append to `history`, move the pointer, append the audit row, commit. Several
@@ -28,10 +31,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import AuditEntry, RevisionConflict, Store, StoredConfig, StoreError
+from .base import (
+    AuditEntry,
+    RevisionConflict,
+    Store,
+    StoredConfig,
+    StoredEndpoints,
+    StoreError,
+)
 
 _T = TypeVar("_T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: endpoint lists
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -66,6 +76,21 @@ CREATE TABLE IF NOT EXISTS ca_records (
     updated_at REAL NOT NULL,
     PRIMARY KEY (kind, name)
 );
+CREATE TABLE IF NOT EXISTS endpoint_history (
+    revision   INTEGER PRIMARY KEY,
+    cluster    TEXT    NOT NULL,
+    endpoints  BLOB    NOT NULL,
+    actor      TEXT    NOT NULL,
+    updated_at REAL    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    cluster  TEXT    PRIMARY KEY,
+    revision INTEGER NOT NULL REFERENCES endpoint_history (revision)
+);
+CREATE TRIGGER IF NOT EXISTS endpoint_history_no_update BEFORE UPDATE ON endpoint_history
+    BEGIN SELECT RAISE(ABORT, 'endpoint history is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS endpoint_history_no_delete BEFORE DELETE ON endpoint_history
+    BEGIN SELECT RAISE(ABORT, 'endpoint history is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -77,9 +102,16 @@ CREATE TRIGGER IF NOT EXISTS history_no_delete BEFORE DELETE ON history
 """
 
 _STORED_COLUMNS = "h.scope, h.revision, h.document, h.sha256, h.version, h.epoch, h.actor, h.updated_at"
+_ENDPOINT_COLUMNS = "h.cluster, h.revision, h.endpoints, h.actor, h.updated_at"
+_NEXT_REVISION = (
+    "SELECT MAX(COALESCE((SELECT MAX(revision) FROM history), 0),"
+    " COALESCE((SELECT MAX(revision) FROM endpoint_history), 0)) + 1"
+)
 
 
 class SqliteStore(Store):
+    kind = "sqlite"
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -228,8 +260,7 @@ class SqliteStore(Store):
                     )
                     conn.execute("COMMIT")
                     raise RevisionConflict(scope, expected_revision, actual)
-                revision = conn.execute("SELECT COALESCE(MAX(revision), 0) + 1 FROM history")
-                revision = revision.fetchone()[0]
+                revision = conn.execute(_NEXT_REVISION).fetchone()[0]
                 now = self._clock()
                 conn.execute(
                     "INSERT INTO history (revision, scope, document, sha256, version, epoch,"
@@ -261,7 +292,14 @@ class SqliteStore(Store):
 
         return await self._run(op)
 
-    async def watch(self, after_revision: int = 0) -> AsyncIterator[StoredConfig]:
+    def watch(self, after_revision: int = 0) -> AsyncIterator[StoredConfig]:
+        return self._follow(f"SELECT {_STORED_COLUMNS} FROM history h", self._stored,
+                            after_revision)
+
+    async def _follow(self, select: str, decode: Callable[[tuple[Any, ...]], _T],
+                      after_revision: int) -> AsyncIterator[_T]:
+        """The rows of `select` (a history table as `h`) above `after_revision`, in revision
+        order, forever: woken by writes through this object, polling for other processes'."""
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
         waker = (loop, event)
@@ -269,21 +307,17 @@ class SqliteStore(Store):
             self._wakers.add(waker)
         last = after_revision
 
-        def changes(conn: sqlite3.Connection) -> list[StoredConfig]:
-            rows = conn.execute(
-                f"SELECT {_STORED_COLUMNS} FROM history h WHERE h.revision > ?"
-                " ORDER BY h.revision LIMIT 1000",
-                (last,),
-            ).fetchall()
-            return [self._stored(r) for r in rows]
+        def changes(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(f"{select} WHERE h.revision > ? ORDER BY h.revision LIMIT 1000",
+                                (last,)).fetchall()
 
         try:
             while True:
                 event.clear()
                 batch = await self._run(changes)
-                for stored in batch:
-                    last = stored.revision
-                    yield stored
+                for row in batch:
+                    last = row[1]
+                    yield decode(row)
                 if len(batch) == 1000:
                     continue
                 try:
@@ -293,6 +327,74 @@ class SqliteStore(Store):
         finally:
             with self._wakers_lock:
                 self._wakers.discard(waker)
+
+    # -- endpoint lists ---------------------------------------------------------------------
+
+    @staticmethod
+    def _endpoints(row: tuple[Any, ...]) -> StoredEndpoints:
+        return StoredEndpoints(row[0], row[1], bytes(row[2]), row[3], row[4])
+
+    async def put_endpoints(
+        self, cluster: str, endpoints: bytes, *, expected_revision: int | None, actor: str,
+        detail: str = "",
+    ) -> StoredEndpoints:
+        endpoints = bytes(endpoints)
+        scope = f"cluster/{cluster}"
+
+        def op(conn: sqlite3.Connection) -> StoredEndpoints:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT revision FROM endpoints WHERE cluster = ?",
+                                   (cluster,)).fetchone()
+                actual = row[0] if row else 0
+                if expected_revision is not None and actual != expected_revision:
+                    self._audit_row(conn, actor, "conflict", scope, actual,
+                                    f"expected revision {expected_revision}")
+                    conn.execute("COMMIT")
+                    raise RevisionConflict(scope, expected_revision, actual)
+                revision = conn.execute(_NEXT_REVISION).fetchone()[0]
+                now = self._clock()
+                conn.execute(
+                    "INSERT INTO endpoint_history (revision, cluster, endpoints, actor,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?)",
+                    (revision, cluster, endpoints, actor, now),
+                )
+                conn.execute(
+                    "INSERT INTO endpoints (cluster, revision) VALUES (?, ?)"
+                    " ON CONFLICT (cluster) DO UPDATE SET revision = excluded.revision",
+                    (cluster, revision),
+                )
+                self._audit_row(conn, actor, "set-endpoints", scope, revision, detail)
+                conn.execute("COMMIT")
+            except RevisionConflict:
+                raise
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return StoredEndpoints(cluster, revision, endpoints, actor, now)
+
+        stored = await self._run(op)
+        self._wake()
+        return stored
+
+    async def current_endpoints(self) -> tuple[list[StoredEndpoints], int]:
+        def op(conn: sqlite3.Connection) -> tuple[list[StoredEndpoints], int]:
+            def body() -> tuple[list[StoredEndpoints], int]:
+                rows = conn.execute(
+                    f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints e"
+                    " JOIN endpoint_history h ON h.revision = e.revision ORDER BY e.cluster"
+                ).fetchall()
+                revision = conn.execute(_NEXT_REVISION).fetchone()[0] - 1
+                return [self._endpoints(r) for r in rows], revision
+
+            return self._transaction(conn, body)
+
+        return await self._run(op)
+
+    def watch_endpoints(self, after_revision: int = 0) -> AsyncIterator[StoredEndpoints]:
+        return self._follow(f"SELECT {_ENDPOINT_COLUMNS} FROM endpoint_history h",
+                            self._endpoints, after_revision)
 
     async def append_audit(
         self, *, actor: str, action: str, scope: str = "", revision: int = 0, detail: str = ""
@@ -358,6 +460,37 @@ class SqliteStore(Store):
             self._transaction(conn, body)
 
         await self._run(op)
+
+    async def ca_create(self, kind: str, name: str, value: bytes, *, actor: str,
+                        detail: str = "") -> bool:
+        value = bytes(value)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            def body() -> bool:
+                cursor = conn.execute(
+                    "INSERT INTO ca_records (kind, name, value, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (kind, name) DO NOTHING", (kind, name, value, self._clock()))
+                if cursor.rowcount == 1:
+                    self._audit_row(conn, actor, f"ca-{kind}", f"ca/{kind}/{name}", 0, detail)
+                return cursor.rowcount == 1
+
+            return self._transaction(conn, body)
+
+        return await self._run(op)
+
+    async def ca_delete(self, kind: str, name: str, *, actor: str, detail: str = "") -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            def body() -> bool:
+                cursor = conn.execute("DELETE FROM ca_records WHERE kind = ? AND name = ?",
+                                      (kind, name))
+                if cursor.rowcount == 1:
+                    self._audit_row(conn, actor, f"ca-{kind}-deleted", f"ca/{kind}/{name}", 0,
+                                    detail)
+                return cursor.rowcount == 1
+
+            return self._transaction(conn, body)
+
+        return await self._run(op)
 
     async def ca_list(self, kind: str) -> list[tuple[str, bytes]]:
         def op(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:

@@ -13,6 +13,8 @@ from omnirelay.runtime.ports import BindError
 from omnirelay.runtime.supervisor import Supervisor, load_checked
 
 EXIT_INVALID_CONFIG = 2
+MIN_REPORT_INTERVAL = 0.1  # --report-interval bounds (seconds)
+MAX_REPORT_INTERVAL = 3600.0
 
 
 @click.command()
@@ -40,6 +42,13 @@ EXIT_INVALID_CONFIG = 2
 @click.option("--bootstrap-timeout", type=Duration(), default="30s", show_default=True,
               help="With --control-plane: how long to wait for a first config before "
                    "falling back to the LKG (or exiting).")
+@click.option("--report-interval", type=Duration(), metavar="DURATION",
+              help="With --control-plane: send a status report to MeshKit this often "
+                   f"({MIN_REPORT_INTERVAL * 1000:g}ms to 1h).  [default: as MeshKit's replies "
+                   "say, 10s]")
+@click.option("--stale-after", type=Duration(), metavar="DURATION",
+              help="With --control-plane: reopen the watch stream when not in sync with "
+                   "MeshKit for this long; longer than the report interval.  [default: 60s]")
 @click.option("--identity", "identity", metavar="SPIFFE_ID",
               help="With --control-plane: obtain this node's X.509-SVID from MeshKit's CA and "
                    "renew it at half life (files in --identity-dir).")
@@ -58,25 +67,28 @@ EXIT_INVALID_CONFIG = 2
 @click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
               help="json: one JSON object per line (ts, level, logger, msg, pid).")
 def run(config_path, demo_mode, port, workers, drain_timeout, control_plane, node_id, trust_keys,
-        lkg_dir, region, zone, tenant, bootstrap_timeout, identity, identity_dir, bootstrap_token,
-        ca_bundle, bootstrap_endpoint, log_level, log_format):
+        lkg_dir, region, zone, tenant, bootstrap_timeout, report_interval, stale_after, identity,
+        identity_dir, bootstrap_token, ca_bundle, bootstrap_endpoint, log_level, log_format):
     """Run the proxy until SIGTERM or Ctrl-C (SIGHUP reloads the config file)."""
     if sum(map(bool, (config_path, demo_mode, control_plane))) != 1:
         raise click.UsageError("give one of --config FILE, --demo or --control-plane HOST:PORT")
     if control_plane:
         if not node_id or not trust_keys:
             raise click.UsageError("--control-plane needs --node-id and --trust-key")
+        sync = _sync_options(report_interval, stale_after)
         setup_logging(log_level, log_format)
         ident = _identity_options(control_plane, node_id, identity, identity_dir,
                                   bootstrap_token, ca_bundle, bootstrap_endpoint)
         raise SystemExit(_run_control_plane(control_plane, node_id, trust_keys, lkg_dir, region,
                                             zone, tenant, bootstrap_timeout, workers,
-                                            drain_timeout, ident))
+                                            drain_timeout, ident, sync))
     if identity or identity_dir or bootstrap_token or ca_bundle or bootstrap_endpoint:
         raise click.UsageError("--identity and its options apply to --control-plane only")
-    if node_id or trust_keys or lkg_dir or region or zone or tenant:
-        raise click.UsageError("--node-id, --trust-key, --lkg-dir, --region, --zone and "
-                               "--tenant apply to --control-plane only")
+    if node_id or trust_keys or lkg_dir or region or zone or tenant or \
+            report_interval is not None or stale_after is not None:
+        raise click.UsageError("--node-id, --trust-key, --lkg-dir, --region, --zone, --tenant, "
+                               "--report-interval and --stale-after apply to --control-plane "
+                               "only")
     if port is not None and not demo_mode:
         raise click.UsageError("--port applies to --demo only; set ports in the config file")
     setup_logging(log_level, log_format)
@@ -139,6 +151,26 @@ def url(host: str, port: int, scheme: str = "http") -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
+def _sync_options(report_interval: float | None, stale_after: float | None) -> dict:
+    """ControlOptions' report interval and staleness threshold, checked."""
+    from omnirelay.control.client import REPORT_INTERVAL, STALE_AFTER
+
+    if report_interval is not None and not \
+            MIN_REPORT_INTERVAL <= report_interval <= MAX_REPORT_INTERVAL:
+        raise click.BadParameter(f"{report_interval:g}s is out of range: between "
+                                 f"{MIN_REPORT_INTERVAL * 1000:g}ms and 1h",
+                                 param_hint="--report-interval")
+    stale = STALE_AFTER if stale_after is None else stale_after
+    interval = REPORT_INTERVAL if report_interval is None else report_interval
+    if stale <= interval:
+        given = "--report-interval" if report_interval is not None else "the default"
+        raise click.BadParameter(
+            f"{stale:g}s must be longer than the status report interval ({interval:g}s, "
+            f"{given}): a node in sync would otherwise reconcile between two reports",
+            param_hint="--stale-after")
+    return {"report_interval": report_interval, "stale_after": stale}
+
+
 def _identity_options(endpoints, node_id, identity, identity_dir, token, ca_bundle,
                       bootstrap_endpoint):
     if not identity:
@@ -163,7 +195,8 @@ def _identity_options(endpoints, node_id, identity, identity_dir, token, ca_bund
 
 
 def _run_control_plane(endpoints, node_id, trust_keys, lkg_dir, region, zone, tenant,
-                       bootstrap_timeout, workers, drain_timeout, ident=None) -> int:
+                       bootstrap_timeout, workers, drain_timeout, ident=None,
+                       sync: dict | None = None) -> int:
     from omnirelay._version import __version__
     from omnirelay.admin.capabilities import capabilities
     from omnirelay.control.node import ControlOptions, run_node
@@ -173,7 +206,7 @@ def _run_control_plane(endpoints, node_id, trust_keys, lkg_dir, region, zone, te
         endpoints=[e.strip() for e in endpoints.split(",") if e.strip()], node_id=node_id,
         trust_keys=list(trust_keys), lkg_dir=lkg_dir, region=region, zone=zone, tenant=tenant,
         bootstrap_timeout=bootstrap_timeout, capabilities=capabilities(),
-        build_version=__version__)
+        build_version=__version__, **(sync or {}))
 
     identity = reloader = None
     if ident is not None:  # the SVID first: the config's tls sections read its files

@@ -155,6 +155,7 @@ class UpstreamTls:
     key_file: str | None = None
     alpn: tuple[str, ...] = ()  # offered; "h2" for `protocol: http2` clusters
     allowed_spiffe_ids: tuple[str, ...] = ()  # the peer's URI SAN must be one of these
+    crl_file: str | None = None  # PEM CRLs: a revoked server certificate fails the connect
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +340,7 @@ class TlsContext:
     alpn: tuple[str, ...] = ("h2", "http/1.1")  # offered in preference order
     client_ca_file: str | None = None  # PEM bundle client certificates are verified against
     require_client_certificate: bool = False  # needs client_ca_file; False = optional
+    client_crl_file: str | None = None  # PEM CRLs (one per CA): revoked client certs refused
     certificates: tuple[SniCertificate, ...] = ()  # per server name, chosen by SNI
     min_version: str = "1.2"  # "1.2" | "1.3"
     max_version: str = "1.3"

@@ -647,6 +647,9 @@ class _Decoder:
             "require_client_certificate": self.field(
                 obj, path, "require_client_certificate", checks.boolean
             ),
+            "client_crl_file": self.field(
+                obj, path, "client_crl_file", checks.optional(checks.nonempty_string)
+            ),
             "certificates": self.nested(obj, path, "certificates", self.sni_certificates),
             "min_version": self.field(obj, path, "min_version", _TLS_VERSION),
             "max_version": self.field(obj, path, "max_version", _TLS_VERSION),
@@ -661,6 +664,12 @@ class _Decoder:
             self.report(
                 field_path(path, "require_client_certificate"),
                 "needs client_ca_file (the bundle client certificates are verified against)",
+            )
+            return _BAD
+        if _given(obj, "client_crl_file") and not _given(obj, "client_ca_file"):
+            self.report(
+                field_path(path, "client_crl_file"),
+                "needs client_ca_file (the CRLs revoke certificates of those CAs)",
             )
             return _BAD
         protocols = values["alpn"]
@@ -721,6 +730,7 @@ class _Decoder:
             "allowed_spiffe_ids": self.nested(
                 obj, path, "allowed_spiffe_ids", self.list_of(self.checked(checks.spiffe_id))
             ),
+            "crl_file": self.field(obj, path, "crl_file", checks.optional(checks.nonempty_string)),
         }
         if values["sni"] == "*" or (isinstance(values["sni"], str) and "*" in values["sni"]):
             self.report(field_path(path, "sni"), "must be an exact DNS name, not a wildcard")
@@ -737,6 +747,10 @@ class _Decoder:
                 field_path(path, "allowed_spiffe_ids"),
                 "needs verify: true (an unverified certificate proves no identity)",
             )
+            return _BAD
+        if values["verify"] is False and _given(obj, "crl_file"):
+            self.report(field_path(path, "crl_file"),
+                        "needs verify: true (revocation is checked while verifying)")
             return _BAD
         return self.build(UpstreamTls, values)
 

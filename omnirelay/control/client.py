@@ -4,9 +4,12 @@ Per snapshot: verify (SHA-256, then the Ed25519 signature by key id against the 
 -> epoch check (never backwards) -> decode and validate (omnirelay.config) -> build check (the
 filters, as a worker builds them) -> activate (a callable: the supervisor's reload path) ->
 persist the LKG -> ACK. Any failure is a NACK with an ErrorDetail code and the active config
-keeps serving. The stream fails over across the listed endpoints (plus those a server's
-RetryHint names) and reconnects with exponential backoff and full jitter, never sooner than a
-server's retry_after.
+keeps serving. A Delta (announced with the Hello feature `config_delta/1`) is first turned into
+that snapshot: its base must be the document running, and the patched document re-encoded as
+canonical JSON must have the target's SHA-256 (omnirelay.config.delta); a failure there is a
+NACK with a `delta_*` code, to which MeshKit answers with the full snapshot. The stream fails
+over across the listed endpoints (plus those a server's RetryHint names) and reconnects with
+exponential backoff and full jitter, never sooner than a server's retry_after.
 
 Status and reconciliation: a second thread sends NodeStatus reports (what runs, its source,
 the discovery generation, health) every report interval (MeshKit's StatusReply says how often)
@@ -31,6 +34,9 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # the supervisor for
 import grpc
 
 from omnirelay.config import Config, ConfigError, load_config
+from omnirelay.config.delta import BASE_MISMATCH, PATCH_FAILED, DeltaError, apply_patch
+from omnirelay.config.delta import FEATURE as DELTA_FEATURE
+from omnirelay.config.delta import FORMAT as DELTA_FORMAT
 from omnirelay.config.protos import mesh_pb2, mesh_pb2_grpc
 from omnirelay.config.signing import Keyring, SignedDocument, VerificationError
 
@@ -82,11 +88,15 @@ class ControlClient:
                  current: Lkg | None = None, backoff: Backoff | None = None,
                  report_interval: float | None = None, stale_after: float = STALE_AFTER,
                  discovery_generation: Callable[[], int] = lambda: 0,
-                 channel: Callable[[str], grpc.Channel] = grpc.insecure_channel) -> None:
+                 channel: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+                 deltas: bool = True) -> None:
         if not endpoints:
             raise ValueError("at least one control-plane endpoint is required")
         self.endpoints = list(endpoints)
         self.channel_factory = channel  # mTLS with the node's SVID (identity.py), or plaintext
+        if deltas and DELTA_FEATURE not in node.capabilities.features:
+            node = mesh_pb2.Node.FromString(node.SerializeToString())  # the caller's stays as is
+            node.capabilities.features.append(DELTA_FEATURE)
         self.node = node
         self.keyring = keyring
         self.activate = activate
@@ -96,6 +106,8 @@ class ControlClient:
         self.version = current.version if current else ""
         self.epoch = current.epoch if current else 0
         self.sha256 = current.signed.sha256 if current else ""
+        self.document = current.signed.document if current else b""  # what runs: a delta base
+        self.deltas = 0  # deltas applied
         self.failures = 0  # stream attempts in a row that got no response
         self.unreachable = threading.Event()  # every endpoint failed once in a row
         self.last_nack: mesh_pb2.Nack | None = None
@@ -216,6 +228,8 @@ class ControlClient:
                     kind = response.WhichOneof("kind")
                     if kind == "snapshot":
                         requests.put(self.handle(response.snapshot))
+                    elif kind == "delta":
+                        requests.put(self.handle_delta(response.delta))
                     elif kind == "error":
                         err = response.error
                         log.warning("control plane %s ended the stream: %s: %s", endpoint,
@@ -235,8 +249,36 @@ class ControlClient:
             channel.close()
 
     # ---- one snapshot ----
-    def handle(self, snap: mesh_pb2.Snapshot) -> mesh_pb2.WatchRequest:
-        """Verify, check and activate `snap`; the ACK or NACK to send back."""
+    def handle_delta(self, delta: mesh_pb2.Delta) -> mesh_pb2.WatchRequest:
+        """Rebuild the signed snapshot `delta` stands for from the running document, then
+        handle it as one; a NACK with a `delta_*` code when that fails."""
+        if delta.patch_format != DELTA_FORMAT:
+            return self._nack(delta, PATCH_FAILED, f"unknown patch format "
+                              f"{delta.patch_format!r} (this node applies {DELTA_FORMAT!r})")
+        if not self.document or delta.base_sha256 != self.sha256:
+            return self._nack(delta, BASE_MISMATCH, f"the delta applies to "
+                              f"{delta.base_sha256[:16]} ({delta.base_version!r}), but this "
+                              f"node runs {self.sha256[:16] or 'nothing'} ({self.version!r})")
+        try:
+            patched = apply_patch(self.document, delta.patch, delta.sha256)
+        except DeltaError as exc:
+            return self._nack(delta, exc.code, str(exc))
+        snap = mesh_pb2.Snapshot(
+            version=delta.version, nonce=delta.nonce, epoch=delta.epoch, scope=delta.scope,
+            revision=delta.revision, document=patched.document, sha256=delta.sha256,
+            key_id=delta.key_id, signature=delta.signature,
+            signature_algorithm=delta.signature_algorithm)
+        reply = self.handle(snap, parsed=patched.value)
+        if reply.WhichOneof("kind") == "ack":
+            self.deltas += 1
+            log.info("config %s applied from a delta of %d bytes (base %s)", delta.version,
+                     len(delta.patch), delta.base_sha256[:16])
+        return reply
+
+    def handle(self, snap: mesh_pb2.Snapshot,
+               parsed: dict | None = None) -> mesh_pb2.WatchRequest:
+        """Verify, check and activate `snap`; the ACK or NACK to send back. `parsed`: the
+        document already parsed (a delta's patched value), so it is not parsed again."""
         try:
             self.keyring.verify(snap.document, snap.signature, snap.key_id, sha256=snap.sha256,
                                 algorithm=snap.signature_algorithm or "ed25519")
@@ -247,11 +289,12 @@ class ControlClient:
             return self._nack(snap, STALE_EPOCH, f"epoch {snap.epoch} is not newer than the "
                               f"active config's epoch {self.epoch} (version {self.version!r})")
         if snap.sha256 == self.sha256:  # already active (a reconnect, or re-signed)
+            self.document = bytes(snap.document)
             self._persist(snap)
             self.source = mesh_pb2.CONFIG_SOURCE_CONTROL_PLANE
             return self._ack(snap)
         try:
-            config = load_config(bytes(snap.document))
+            config = load_config(bytes(snap.document) if parsed is None else parsed)
         except ConfigError as exc:
             return self._nack(snap, INVALID_CONFIG, "the document is invalid",
                               [str(issue) for issue in exc.issues])
@@ -267,6 +310,7 @@ class ControlClient:
         if problem is not None:
             return self._nack(snap, APPLY_FAILED, problem)
         self.version, self.epoch, self.sha256 = snap.version, snap.epoch, snap.sha256
+        self.document = bytes(snap.document)
         self.source = mesh_pb2.CONFIG_SOURCE_CONTROL_PLANE
         self._persist(snap)
         log.info("config %s (epoch %d, %s) active; ACK", snap.version, snap.epoch,
@@ -290,7 +334,7 @@ class ControlClient:
         return mesh_pb2.WatchRequest(ack=mesh_pb2.Ack(
             version=snap.version, nonce=snap.nonce, epoch=snap.epoch, sha256=snap.sha256))
 
-    def _nack(self, snap: mesh_pb2.Snapshot, code: str, message: str,
+    def _nack(self, snap: mesh_pb2.Snapshot | mesh_pb2.Delta, code: str, message: str,
               details: list[str] | None = None) -> mesh_pb2.WatchRequest:
         log.error("NACK version %r epoch %d: %s: %s (still serving %r)", snap.version,
                   snap.epoch, code, message, self.version)

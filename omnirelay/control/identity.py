@@ -11,10 +11,16 @@ Files in the identity directory, each replaced atomically (write, then rename):
     key.pem     the private key (mode 0600)
     cert.pem    the SVID, then the issuing CA certificate
     bundle.pem  the trust bundle (every CA certificate to trust now; two during a rotation)
+    crl.pem     the CA's CRLs, one per CA of the bundle (revoked peer certificates)
 
-Listener and cluster `tls` sections point at these files; after each renewal `on_renewed`
-runs (`omnirelay run` rebuilds the active config through its reload path, so new TLS
-connections get the new certificate and open ones keep theirs). Expired material fails
+The CRLs come with the bundle (`GetBundle`) after every renewal and every `crl_interval`
+seconds between them (sooner while fetching fails, and always before their nextUpdate is
+half gone); a change is written (bundle, then CRLs) and applied like a renewal.
+
+Listener and cluster `tls` sections point at these files (`client_crl_file`, `crl_file` for
+crl.pem); after each renewal or CRL change `on_renewed` runs (`omnirelay run` rebuilds the
+active config through its reload path, so new TLS connections get the new certificate and
+CRLs, and open ones keep theirs). Expired material fails
 closed: a reload carrying it is refused, and peers refuse an expired certificate.
 """
 from __future__ import annotations
@@ -61,6 +67,7 @@ class IdentityOptions:
     token: str | None = None
     ca_bundle: str | None = None  # the CA bundle to trust MeshKit by; None: plaintext (dev only)
     ttl: float = 0.0  # ask for this lifetime (0: the CA's default)
+    crl_interval: float = 60.0  # how often to fetch the CRLs (0: only with renewals)
 
 
 class NodeIdentity:
@@ -75,11 +82,16 @@ class NodeIdentity:
         self.key_file = self.dir / "key.pem"
         self.cert_file = self.dir / "cert.pem"
         self.bundle_file = self.dir / "bundle.pem"
+        self.crl_file = self.dir / "crl.pem"
+        self.crl_at = 0.0  # when to fetch the CRLs next
+        self.crl_next_update = 0.0  # the nextUpdate of the CRLs on disk (0: none yet)
+        self.crl_updates = 0
         self.certificate: x509.Certificate | None = None
         self.renew_at = 0.0
         self.renewals = 0
         self.failures = 0
-        self.renewed = threading.Event()  # set at each renewal (tests and callers may clear it)
+        # Set at each renewal and CRL change (tests and callers may clear it).
+        self.renewed = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -200,6 +212,7 @@ class NodeIdentity:
                 continue
             self._write(key, reply)
             self._schedule(cert)
+            self._refresh_crl_soon()
             self.renewals += 1
             self.renewed.set()
             log.info("identity %s: certificate serial %x until %s (renewal at half life, in "
@@ -207,6 +220,71 @@ class NodeIdentity:
                      cert.not_valid_after_utc.isoformat(), self.renew_at - self.clock())
             return cert
         raise IdentityError("; ".join(problems))
+
+    # ---- CRLs ----
+    def refresh_crl(self) -> bool:
+        """Fetch the bundle and the CRLs (GetBundle) and write what changed, the bundle first;
+        True if something did. IdentityError says why nothing could be fetched."""
+        tls = self.opts.ca_bundle is not None
+        attempts: list[tuple[str, bool]] = []
+        if not tls:
+            attempts = [(e, False) for e in self.opts.endpoints]
+        else:
+            if self.certificate is not None and self._left(self.certificate) > 0:
+                attempts = [(e, True) for e in self.opts.endpoints]
+            attempts += [(e, False) for e in self.opts.bootstrap_endpoints]
+        problems = []
+        for endpoint, with_cert in attempts:
+            try:
+                channel = self._channel(endpoint, client_certificate=with_cert)
+            except OSError as exc:
+                problems.append(f"{endpoint}: {exc}")
+                continue
+            try:
+                reply = ca_pb2_grpc.CertificateAuthorityStub(channel).GetBundle(
+                    ca_pb2.GetBundleRequest(), timeout=CALL_TIMEOUT)
+            except grpc.RpcError as exc:
+                problems.append(f"{endpoint}: {exc.code().name}: {exc.details()}")
+                continue
+            finally:
+                channel.close()
+            if not reply.crl_pem or not reply.bundle_pem:
+                problems.append(f"{endpoint}: MeshKit sent no CRLs (an older version?)")
+                continue
+            return self._write_crl(reply)
+        raise IdentityError("cannot fetch the CRLs: " + ("; ".join(problems)
+                                                         or "no MeshKit endpoint for it"))
+
+    def _write_crl(self, reply: ca_pb2.TrustBundle) -> bool:
+        changed = False
+        for path, data in ((self.bundle_file, reply.bundle_pem), (self.crl_file, reply.crl_pem)):
+            try:
+                same = path.read_bytes() == data
+            except OSError:
+                same = False
+            if not same:
+                self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _replace(path, data, 0o644)
+                changed = True
+        self.crl_next_update = float(reply.crl_next_update_unix)
+        now = self.clock()
+        half = max((self.crl_next_update - now) / 2, 1.0)
+        self.crl_at = now + (min(self.opts.crl_interval, half) if self.opts.crl_interval > 0
+                             else half)
+        if changed:
+            self.crl_updates += 1
+            log.info("identity %s: new CRLs (next update %s) in %s", self.opts.spiffe_id,
+                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.crl_next_update)),
+                     self.crl_file)
+        return changed
+
+    def _refresh_crl_soon(self) -> None:
+        """After a renewal: fetch the CRLs now, or retry them shortly (the renewal stands)."""
+        try:
+            self.refresh_crl()
+        except IdentityError as exc:
+            log.warning("identity %s: %s; retrying", self.opts.spiffe_id, exc)
+            self.crl_at = self.clock() + _backoff(0)
 
     def obtain(self, timeout: float = 30.0) -> x509.Certificate:
         """A usable certificate: the one on disk if still valid (renewed later at half its
@@ -217,6 +295,7 @@ class NodeIdentity:
             log.info("identity %s: using %s (serial %x, until %s)", self.opts.spiffe_id,
                      self.cert_file, existing.serial_number,
                      existing.not_valid_after_utc.isoformat())
+            self._refresh_crl_soon()
             return existing
         if not self.opts.token:
             raise IdentityError(f"no usable certificate for {self.opts.spiffe_id} in {self.dir} "
@@ -252,11 +331,15 @@ class NodeIdentity:
 
     def _run(self) -> None:
         attempt = 0
+        crl_attempt = 0
         expired_logged = False
         while not self._stop.is_set():
-            wait = self.renew_at - self.clock()
+            wait = min(self.renew_at, self.crl_at) - self.clock()
             if wait > 0 and self._stop.wait(wait):
                 return
+            if self.renew_at > self.clock():  # the CRLs are due, not the certificate
+                crl_attempt = self._crl_round(crl_attempt)
+                continue
             try:
                 self.renew_once()
             except IdentityError as exc:
@@ -277,12 +360,37 @@ class NodeIdentity:
                 continue
             attempt = 0
             expired_logged = False
-            if self.on_renewed is not None:
-                try:
-                    self.on_renewed()
-                except Exception:
-                    log.exception("identity %s: applying the renewed certificate failed",
-                                  self.opts.spiffe_id)
+            self._apply()
+
+    def _crl_round(self, attempt: int) -> int:
+        """Fetch the CRLs; apply them if they changed. Returns the next failure count."""
+        try:
+            changed = self.refresh_crl()
+        except IdentityError as exc:
+            self.failures += 1
+            delay = _backoff(attempt)
+            left = self.crl_next_update - self.clock()
+            if self.crl_next_update and left <= 0:
+                log.error("identity %s: the CRLs are past their next update and %s; TLS "
+                          "peers are refused (fail closed); still retrying",
+                          self.opts.spiffe_id, exc)
+            else:
+                log.warning("identity %s: %s; retrying in %.2fs", self.opts.spiffe_id, exc,
+                            delay)
+            self.crl_at = self.clock() + delay
+            return attempt + 1
+        if changed:
+            self._apply()
+        return 0
+
+    def _apply(self) -> None:
+        self.renewed.set()
+        if self.on_renewed is not None:
+            try:
+                self.on_renewed()
+            except Exception:
+                log.exception("identity %s: applying the renewed certificate or CRLs failed",
+                              self.opts.spiffe_id)
 
 
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

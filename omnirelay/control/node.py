@@ -12,7 +12,7 @@ from omnirelay.config.protos import mesh_pb2
 from omnirelay.config.signing import Keyring
 
 from .bridge import SupervisorBridge
-from .client import ControlClient
+from .client import STALE_AFTER, ControlClient
 from .discovery import DiscoveryBridge, DiscoveryClient
 from .lkg import LkgError, lkg_path, load_lkg
 
@@ -32,6 +32,8 @@ class ControlOptions:
     zone: str = ""
     tenant: str = ""
     bootstrap_timeout: float = 30.0
+    report_interval: float | None = None  # status reports; None: as MeshKit's replies say
+    stale_after: float = STALE_AFTER  # reconcile when not in sync for this long
     capabilities: dict = field(default_factory=dict)  # omnirelay.admin.capabilities()
     build_version: str = ""
     # Opens a channel to an endpoint: mTLS with the node's SVID (identity.py); None: plaintext.
@@ -97,7 +99,9 @@ def run_node(opts: ControlOptions, *, build_check: Callable[[Config], Config],
     bridge = SupervisorBridge()
     client = ControlClient(opts.endpoints, node_message(opts), keyring,
                            activate=bridge.activate, build_check=build_check,
-                           lkg_dir=opts.lkg_dir, current=lkg, **_channel(opts))
+                           lkg_dir=opts.lkg_dir, current=lkg,
+                           report_interval=opts.report_interval, stale_after=opts.stale_after,
+                           **_channel(opts))
     supervisors: list = []  # the discovery feed hands its lists to the supervisor, once made
     feed = DiscoveryBridge(lambda c, e: supervisors[0].push_endpoints(c, e))
     discovery = DiscoveryClient(opts.endpoints, node_message(opts), feed.deliver, **_channel(opts))

@@ -7,11 +7,21 @@ Expired or not-yet-valid material fails closed: a listener certificate, a client
 or any certificate of a CA bundle outside its validity window is a ConfigError naming the
 file and the date, so a reload carrying it is rejected and a first start fails with the
 reason. A certificate that expires within EXPIRY_WARNING, or within the last quarter of its
-lifetime if that is shorter, is logged as a warning when a context is built from it."""
+lifetime if that is shorter, is logged as a warning when a context is built from it.
+
+Revocation: a listener's `client_crl_file` and a cluster's `crl_file` hold PEM CRLs (one per
+CA, e.g. MeshKit's `omnirctl ca crl`); they are loaded into the context's store with
+VERIFY_CRL_CHECK_LEAF, so a revoked peer certificate fails verification. A CRL file is
+reread with the other files at every build (a reload; `omnirelay run --identity` reloads
+when MeshKit publishes new CRLs). A CRL past its nextUpdate fails closed: a build refuses
+it, and a listener whose loaded CRL passes its nextUpdate refuses handshakes until a reload
+brings a fresh one (it counts in `expiry` like a certificate); a cluster's connects then fail
+verification (`CRL has expired`)."""
 from __future__ import annotations
 
 import datetime
 import logging
+import re
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -91,12 +101,17 @@ def server_tls(tls: TlsContext, path: str = "tls") -> ServerTls:
                 f"{path}.ciphers", f"no usable cipher in {tls.ciphers!r} (an OpenSSL cipher "
                 "list, e.g. 'ECDHE+AESGCM:ECDHE+CHACHA20')")]) from None
     expiry: list[tuple[str, float]] = []
-    default = _server_context(tls, tls.cert_file, tls.key_file, path, issues, expiry)
+    before = len(issues)
+    if tls.client_crl_file is not None and tls.client_ca_file is not None:
+        _check_crl(tls.client_crl_file, f"{path}.client_crl_file", tls.client_ca_file,
+                   issues, expiry)
+    crl = len(issues) == before  # else reported once, not again by each context
+    default = _server_context(tls, tls.cert_file, tls.key_file, path, issues, expiry, crl)
     exact: dict[str, ssl.SSLContext] = {}
     suffixes: list[tuple[str, ssl.SSLContext]] = []
     for i, entry in enumerate(tls.certificates):
         ctx = _server_context(tls, entry.cert_file, entry.key_file,
-                              f"{path}.certificates[{i}]", issues, expiry)
+                              f"{path}.certificates[{i}]", issues, expiry, crl)
         for name in entry.server_names:
             if name.startswith("*."):
                 suffixes.append((name[1:], ctx))
@@ -115,8 +130,8 @@ def server_ssl_context(tls: TlsContext, path: str = "tls") -> ssl.SSLContext:
 
 
 def _server_context(tls: TlsContext, cert_file: str, key_file: str, path: str,
-                    issues: list[ConfigIssue],
-                    expiry: list[tuple[str, float]]) -> ssl.SSLContext | None:
+                    issues: list[ConfigIssue], expiry: list[tuple[str, float]],
+                    crl: bool = True) -> ssl.SSLContext | None:
     """TLS 1.2+ (or as configured) with one certificate chain and key, offering the ALPN
     protocols in the configured order (the server's preference decides). Problems are
     appended to `issues`, naming the file; `path` locates the section in the document."""
@@ -148,6 +163,9 @@ def _server_context(tls: TlsContext, cert_file: str, key_file: str, path: str,
             return None
         ctx.verify_mode = (ssl.CERT_REQUIRED if tls.require_client_certificate
                            else ssl.CERT_OPTIONAL)
+        if tls.client_crl_file is not None and not (crl and _load_crl(
+                ctx, tls.client_crl_file, f"{path}.client_crl_file", issues)):
+            return None
     ctx.set_alpn_protocols(list(tls.alpn))
     return ctx
 
@@ -189,6 +207,8 @@ def client_ssl_context(tls: UpstreamTls, protocol: str = "http1",
         _read(tls.ca_file, f"{path}.ca_file", "trust bundle", issues)
     if tls.cert_file is not None and tls.key_file is not None:
         _check_pair(tls.cert_file, tls.key_file, path, issues)
+    if tls.crl_file is not None and tls.verify:
+        _check_crl(tls.crl_file, f"{path}.crl_file", tls.ca_file, issues)
     if issues:
         raise ConfigError(issues)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -208,6 +228,9 @@ def client_ssl_context(tls: UpstreamTls, protocol: str = "http1",
             raise ConfigError([ConfigIssue(
                 f"{path}.ca_file", f"{tls.ca_file}: not a PEM trust bundle ({e.reason or e})")
             ]) from None
+        if tls.crl_file is not None and not _load_crl(ctx, tls.crl_file, f"{path}.crl_file",
+                                                      issues):
+            raise ConfigError(issues)
     if tls.cert_file is not None:
         _load_chain(ctx, tls.cert_file, tls.key_file, path)
     alpn = list(tls.alpn) or (["h2"] if protocol == "http2" else ["http/1.1"])
@@ -257,6 +280,82 @@ def _check_bundle(filename: str, path: str, what: str, issues: list[ConfigIssue]
     _check_validity(certs, filename, path, f"a certificate of the {what}", issues)
     if expiry is not None and certs:
         expiry.append((filename, min(c.not_valid_after_utc.timestamp() for c in certs)))
+
+
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
+
+
+def _check_crl(filename: str, path: str, ca_file: str | None, issues: list[ConfigIssue],
+               expiry: list[tuple[str, float]] | None = None) -> None:
+    """Record why a CRL file is unusable: not PEM CRLs, a CRL past its nextUpdate or before
+    its lastUpdate, or one whose signature does not verify with its issuer in `ca_file`. A CA
+    of the bundle without a CRL is a warning: OpenSSL refuses every certificate it issued."""
+    data = _read(filename, path, "CRL", issues)
+    if data is None:
+        return
+    crls = []
+    for block in _PEM_CRL.findall(data):
+        try:
+            crls.append(x509.load_pem_x509_crl(block))
+        except ValueError as e:
+            issues.append(ConfigIssue(path, f"{filename}: not a PEM CRL ({e})"))
+            return
+    if not crls:
+        issues.append(ConfigIssue(path, f"{filename}: no PEM CRL (-----BEGIN X509 CRL-----) "
+                                  "in the file"))
+        return
+    cas: list[x509.Certificate] = []
+    if ca_file is not None:
+        try:
+            with open(ca_file, "rb") as f:
+                cas = x509.load_pem_x509_certificates(f.read())
+        except (OSError, ValueError):
+            pass  # reported for the bundle's own field
+    now = datetime.datetime.now(datetime.UTC)
+    for crl in crls:
+        issuer = crl.issuer.rfc4514_string()
+        end, start = crl.next_update_utc, crl.last_update_utc
+        if end is None:
+            issues.append(ConfigIssue(path, f"{filename}: the CRL of {issuer} has no "
+                                      "nextUpdate (cannot tell when it is stale)"))
+        elif end <= now:
+            issues.append(ConfigIssue(path, f"{filename}: the CRL of {issuer} expired "
+                                      f"(nextUpdate) on {_date(end)}; fetch a fresh one"))
+        elif expiry is not None:
+            expiry.append((filename, end.timestamp()))
+        if start > now:  # OpenSSL would refuse every certificate of that CA until then
+            issues.append(ConfigIssue(path, f"{filename}: the CRL of {issuer} is not valid "
+                                      f"before {_date(start)} (lastUpdate; is this clock "
+                                      "behind?)"))
+        signer = next((ca for ca in cas if ca.subject == crl.issuer), None)
+        if signer is not None and not _crl_signed_by(crl, signer):
+            issues.append(ConfigIssue(path, f"{filename}: the CRL of {issuer} is not signed by "
+                                      f"that CA of {ca_file}"))
+    listed = {crl.issuer for crl in crls}
+    for ca in cas:
+        if ca.subject not in listed:
+            log.warning("%s: %s has no CRL of %s (a CA of %s): every certificate it issued "
+                        "is refused", path, filename, ca.subject.rfc4514_string(), ca_file)
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False
+
+
+def _load_crl(ctx: ssl.SSLContext, filename: str, path: str,
+              issues: list[ConfigIssue]) -> bool:
+    """Add the CRLs to the context's store and check the leaf against them."""
+    try:
+        ctx.load_verify_locations(cafile=filename)
+    except (ssl.SSLError, OSError) as e:
+        issues.append(ConfigIssue(path, f"{filename}: cannot load the CRLs "
+                                  f"({getattr(e, 'reason', None) or e})"))
+        return False
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return True
 
 
 def _check_validity(certs: Sequence[x509.Certificate], filename: str, path: str, what: str,

@@ -84,6 +84,21 @@ class EtcdServer:
         except (OSError, ValueError):
             return False
 
+    def ctl(self, *args: str, user: str | None = None, stdin: str | None = None) -> str:
+        """Run `etcdctl` (v3 API) against this server as `user` ("name:password"); its
+        stdout, AssertionError with its stderr if it fails."""
+        binary = shutil.which("etcdctl")
+        if binary is None:
+            raise AssertionError("etcdctl is not installed: apt-get install -y etcd-client")
+        command = [binary, "--endpoints", self.endpoint, "--command-timeout", "10s"]
+        if user is not None:
+            command += ["--user", user]
+        done = subprocess.run([*command, *args], input=stdin, capture_output=True, text=True,
+                              timeout=30, check=False, env={"ETCDCTL_API": "3"})
+        if done.returncode != 0:
+            raise AssertionError(f"etcdctl {' '.join(args)}: {done.stderr}")
+        return done.stdout
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-4000:]

@@ -5,13 +5,14 @@ the new CA both verify meanwhile), an external-signer key store; then the same o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import stat
 
 import grpc
 import pytest
-from caharness import TRUST_DOMAIN, CaMeshKit, make_csr, new_key
+from caharness import TRUST_DOMAIN, CaMeshKit, key_pem, make_csr, new_key
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -371,3 +372,233 @@ def test_omnirctl_ca_and_grpc_sign(ca_meshkit):
     audit = [e.action for e in mk.audit()]
     assert {"ca-authority", "ca-node", "ca-issued", "ca-revoked", "ca-refused"} <= set(audit)
 
+
+
+# -- CRLs, pruning, concurrent init ------------------------------------------------------------
+
+
+def _crls(pem: bytes) -> list[x509.CertificateRevocationList]:
+    blocks = pem.split(b"-----END X509 CRL-----")
+    return [x509.load_pem_x509_crl(b + b"-----END X509 CRL-----\n") for b in blocks if b.strip()]
+
+
+async def test_crls_one_per_ca_signed_anew_on_revocation_rotation_and_half_life(authority,
+                                                                                tmp_path):
+    ca = authority
+    ca.crl_file = tmp_path / "crl.pem"
+    ca.crl_validity = 1400  # half of it: past the 600 s certificate, within the 1200 s one
+    first = await ca.init(actor="test")
+    _, _, a = await _register_and_sign(ca, ttl=600)
+    _, _, b = await _register_and_sign(ca, node="edge-2", sid=f"{SID}-2", ttl=1200)
+    empty = await ca.crls()
+    [crl] = _crls(empty.pem)
+    assert crl.issuer == first.cert.subject and len(crl) == 0
+    assert crl.is_signature_valid(first.cert.public_key())
+    assert crl.next_update_utc.timestamp() == pytest.approx(ca.test_clock.now + ca.crl_validity)
+    # Backdated like certificates: a peer whose clock is a little behind still accepts it.
+    assert crl.last_update_utc.timestamp() == pytest.approx(ca.test_clock.now - 60, abs=1)
+    assert await ca.crls() is empty  # unchanged: not signed again
+
+    await ca.revoke(a.serial, actor="ops", reason="lost")  # writes crl.pem too
+    await ca.revoke(b.serial, actor="ops")
+    revoked = await ca.crls()
+    [crl] = _crls(revoked.pem)
+    assert {r.serial_number for r in crl} == {a.certificate.serial_number,
+                                             b.certificate.serial_number}
+    assert crl.get_revoked_certificate_by_serial_number(a.certificate.serial_number)
+    assert ca.crl_file.read_bytes() == revoked.pem
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+    # Past half its validity a CRL is signed again, with a higher number; an expired revoked
+    # certificate (a, 600 s) leaves it.
+    ca.test_clock.now += ca.crl_validity / 2 + 1
+    later = await ca.crls()
+    [crl] = _crls(later.pem)
+    assert later is not revoked
+    assert {r.serial_number for r in crl} == {b.certificate.serial_number}
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number > number
+    ca.test_clock.now -= ca.crl_validity / 2 + 1
+
+    # During a rotation: one CRL per CA of the bundle, each signed by its CA.
+    second = await ca.rotate(actor="test", prepare=60)
+    crls = _crls((await ca.crls()).pem)
+    assert [c.issuer for c in crls] == [second.cert.subject, first.cert.subject]
+    assert crls[0].is_signature_valid(second.cert.public_key()) and len(crls[0]) == 0
+    assert crls[1].is_signature_valid(first.cert.public_key()) and len(crls[1]) == 2
+
+
+async def test_prune_deletes_records_expired_past_the_retention(authority):
+    ca = authority
+    await ca.init(actor="test")
+    _, _, short = await _register_and_sign(ca, ttl=100)
+    _, _, revoked = await _register_and_sign(ca, node="edge-2", sid=f"{SID}-2", ttl=200)
+    _, _, long = await _register_and_sign(ca, node="edge-3", sid=f"{SID}-3", ttl=3600)
+    await ca.revoke(revoked.serial, actor="ops")
+    assert await ca.prune(retention=50, actor="meshkit") == 0  # nothing expired yet
+
+    ca.test_clock.now += 160  # `short` expired 60 s ago (> 50), `revoked` not yet
+    assert await ca.prune(retention=50, actor="meshkit") == 1
+    records = {r["serial"] for r in await ca.issued(include_expired=True)}
+    assert records == {revoked.serial, long.serial}
+    assert revoked.serial in {s for s, _ in await ca.store.ca_list("revoked")}
+
+    ca.test_clock.now += 100  # the revoked one expired 60 s ago: record and CRL entry go
+    assert await ca.prune(retention=50, actor="meshkit") == 1
+    assert {r["serial"] for r in await ca.issued(include_expired=True)} == {long.serial}
+    assert await ca.store.ca_list("revoked") == []
+    assert len(_crls((await ca.crls()).pem)[0]) == 0
+    deleted = [e for e in await ca.store.audit_log() if e.action.endswith("-deleted")]
+    assert sorted((e.action, e.scope) for e in deleted) == sorted([
+        ("ca-issued-deleted", f"ca/issued/{short.serial}"),
+        ("ca-issued-deleted", f"ca/issued/{revoked.serial}"),
+        ("ca-revoked-deleted", f"ca/revoked/{revoked.serial}")])
+    assert all("past the retention of 50s" in e.detail for e in deleted)
+
+
+async def test_concurrent_init_on_etcd_makes_one_ca(etcd, tmp_path):
+    import uuid
+
+    from meshkit.store.etcd import EtcdStore
+
+    prefix = f"/ca-init/{uuid.uuid4().hex}"
+    keys = SoftwareKeyStore(tmp_path / "keys")  # replicas share the CA key files
+    stores = [EtcdStore([etcd.endpoint], prefix), EtcdStore([etcd.endpoint], prefix)]
+    try:
+        replicas = [CertificateAuthority(s, keys, TRUST_DOMAIN) for s in stores]
+        # Both read "no CA" before either writes (the same as `ca init` on two replicas).
+        results = await asyncio.gather(*(r.init(actor=f"r{i}") for i, r in enumerate(replicas)),
+                                       return_exceptions=True)
+        won = [r for r in results if not isinstance(r, BaseException)]
+        lost = [r for r in results if isinstance(r, BaseException)]
+        assert len(won) == 1 and len(lost) == 1, results
+        # The loser got as far as its own key and lost the create-if-absent write.
+        assert isinstance(lost[0], CaError) and "by another replica" in str(lost[0])
+        assert [p.name for p in (tmp_path / "keys").iterdir()] == [f"{won[0].key_ref}.key"]
+        assert [a.id for a in replicas[0].authorities] == [a.id for a in replicas[1].authorities]
+        assert replicas[0].active.id == won[0].id
+        # And starting two `--mtls` replicas at once (exist_ok): one CA, both serve it.
+        prefix2 = f"{prefix}-serve"
+        more = [CertificateAuthority(EtcdStore([etcd.endpoint], prefix2), keys, TRUST_DOMAIN)
+                for _ in range(2)]
+        stores += [r.store for r in more]
+        ids = await asyncio.gather(*(r.init(actor="meshkit", exist_ok=True) for r in more))
+        assert ids[0].id == ids[1].id and more[0].active.id == more[1].active.id
+        assert more[1].issue_for_key(new_key().public_key(), SID).chain[1] == ids[0].cert
+        assert len(await more[0].store.ca_list("authority")) == 1
+        cas = [e for e in await more[0].store.audit_log() if e.action == "ca-authority"]
+        assert len(cas) == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+def test_omnirctl_client_certificate_on_the_mtls_port_and_ca_crl(tmp_path, monkeypatch):
+    mk = CaMeshKit(tmp_path, mtls=True).start()
+    try:
+        bundle = str(mk.bundle_file)
+        # An operator certificate from MeshKit's CA (issued over the bootstrap port).
+        key = new_key()
+        (tmp_path / "op.key").write_bytes(key_pem(key))
+        (tmp_path / "op.csr").write_bytes(make_csr(key, f"spiffe://{TRUST_DOMAIN}/ops/alice"))
+        boot = ("--server", mk.bootstrap, "--cacert", bundle)
+        r = omnirctl(mk, *boot, "ca", "issue", "--csr", str(tmp_path / "op.csr"),
+                     "--spiffe-id", f"spiffe://{TRUST_DOMAIN}/ops/alice",
+                     "-o", str(tmp_path / "op.pem"))
+        assert r.returncode == 0, r.stderr
+
+        # The mTLS port (mk.address): served with the client certificate ...
+        r = omnirctl(mk, "--cacert", bundle, "--cert", str(tmp_path / "op.pem"),
+                     "--key", str(tmp_path / "op.key"), "ca", "status", token="read")
+        assert r.returncode == 0 and "active" in r.stdout, r.stderr
+        # ... also given by environment variables, for any command (config, audit) ...
+        monkeypatch.setenv("OMNIRCTL_CACERT", bundle)
+        monkeypatch.setenv("OMNIRCTL_CERT", str(tmp_path / "op.pem"))
+        monkeypatch.setenv("OMNIRCTL_KEY", str(tmp_path / "op.key"))
+        r = omnirctl(mk, "audit", "tail", "--limit", "5", token="read")
+        assert r.returncode == 0 and "ca-issued" in r.stdout, r.stderr
+        # ... refused without one (the handshake fails: MeshKit unreachable, exit 5).
+        monkeypatch.delenv("OMNIRCTL_CERT")
+        monkeypatch.delenv("OMNIRCTL_KEY")
+        r = omnirctl(mk, "--timeout", "3", "ca", "status", token="read")
+        assert r.returncode == 5, (r.stdout, r.stderr)
+        r = omnirctl(mk, "--cert", str(tmp_path / "op.pem"), "ca", "status", token="read")
+        assert r.returncode == 2 and "--cert and --key go together" in r.stderr
+
+        # `ca crl`: one CRL for the one CA, the revoked serial in it after `ca revoke`.
+        out = tmp_path / "crl.pem"
+        r = omnirctl(mk, *boot, "ca", "crl", "-o", str(out), token="read")
+        assert r.returncode == 0 and "0 revoked" in r.stderr, r.stderr
+        [crl] = _crls(out.read_bytes())
+        assert len(crl) == 0
+        serial = x509.load_pem_x509_certificates((tmp_path / "op.pem").read_bytes())[0]
+        r = omnirctl(mk, *boot, "ca", "revoke", f"{serial.serial_number:x}", "--reason", "left")
+        assert r.returncode == 0, r.stderr
+        r = omnirctl(mk, *boot, "ca", "crl", "-o", str(out), token="read")
+        [crl] = _crls(out.read_bytes())
+        assert crl.get_revoked_certificate_by_serial_number(serial.serial_number) is not None
+        assert (mk.ca_dir / "crl.pem").read_bytes() == out.read_bytes()  # kept beside bundle
+        bundle_certs = x509.load_pem_x509_certificates(mk.bundle_file.read_bytes())
+        assert crl.is_signature_valid(bundle_certs[0].public_key())
+    finally:
+        mk.stop()
+
+
+async def test_maintenance_refreshes_the_crl_file_and_prunes_only_when_leading(authority,
+                                                                               tmp_path):
+    from meshkit.server.ca_service import maintain
+
+    ca = authority
+    ca.crl_file = tmp_path / "crl.pem"
+    await ca.init(actor="test")
+    _, _, old = await _register_and_sign(ca, ttl=100)
+    ca.test_clock.now += 200  # expired 100 s ago
+    leading = False
+    task = asyncio.create_task(maintain(ca, leading=lambda: leading, actor="meshkit",
+                                        retention=10, interval=0.02))
+    try:
+        for _ in range(500):  # a round ran: the CRL file is there
+            if ca.crl_file.exists():
+                break
+            await asyncio.sleep(0.01)
+        # The round that wrote it asked leading() right after, without yielding: a follower's
+        # round prunes nothing.
+        assert ca.crl_file.exists()
+        assert [r["serial"] for r in await ca.issued(include_expired=True)] == [old.serial]
+        assert "ca-prune" not in [e.action for e in await ca.store.audit_log()]
+        leading = True
+        for _ in range(500):
+            if not await ca.issued(include_expired=True):
+                break
+            await asyncio.sleep(0.01)
+        assert await ca.issued(include_expired=True) == []
+        actions = [e.action for e in await ca.store.audit_log()]
+        assert "ca-issued-deleted" in actions and "ca-prune" in actions
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "etcd"])
+async def test_store_create_if_absent_and_delete(backend, request, tmp_path):
+    if backend == "etcd":
+        import uuid
+
+        from meshkit.store.etcd import EtcdStore
+
+        store = EtcdStore([request.getfixturevalue("etcd").endpoint],
+                          f"/ca-store/{uuid.uuid4().hex}")
+    else:
+        store = SqliteStore(tmp_path / "s.db")
+    try:
+        assert await store.ca_create("issued", "ab", b"1", actor="a", detail="first")
+        assert not await store.ca_create("issued", "ab", b"2", actor="b", detail="second")
+        assert await store.ca_get("issued", "ab") == b"1"
+        assert await store.ca_delete("issued", "ab", actor="c", detail="gone")
+        assert not await store.ca_delete("issued", "ab", actor="d")
+        assert await store.ca_get("issued", "ab") is None
+        audit = [(e.actor, e.action, e.scope, e.detail) for e in await store.audit_log()]
+        assert audit == [("a", "ca-issued", "ca/issued/ab", "first"),
+                         ("c", "ca-issued-deleted", "ca/issued/ab", "gone")]
+    finally:
+        await store.close()

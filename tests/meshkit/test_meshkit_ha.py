@@ -1,6 +1,9 @@
 """Two real `meshkit serve` replicas on one real etcd: exactly one leads and publishes, the
-other serves watches and refuses publishes naming the leader; SIGKILL the leader and the
-other takes over within the lease TTL, and publishing continues to the same watching node."""
+other serves watches and discovery and refuses publishes naming the leader, and both replicas'
+GetStatus agree on who leads; SIGKILL the leader and the other takes over within the lease
+TTL (and says so in its status), publishing continues to the same watching node, and the
+endpoint lists outlive the leader. With etcd stopped, store-bound calls fail UNAVAILABLE/503
+with etcd's reason."""
 from __future__ import annotations
 
 import asyncio
@@ -13,10 +16,11 @@ import uuid
 
 import grpc
 import pytest
-from mkharness import MeshKitProcess, _env, document, verify_snapshot, wait_for
+from mkharness import MeshKitProcess, _env, document, omnirctl, verify_snapshot, wait_for
 
 from meshkit.leader import Leader, current_leader
 from meshkit.store.etcd import EtcdStore
+from omnirelay.config.protos import admin_pb2, mesh_pb2, mesh_pb2_grpc
 from omnirelay.config.signing import Signer
 
 LEASE_TTL = 2
@@ -93,6 +97,32 @@ def test_one_leader_publishes_followers_serve_and_failover_on_sigkill(replicas):
     wait_for(lambda: "follows replica" in second.log(), timeout=10)
     _publish_refused(second, first, document("refused"))
 
+    # Both replicas' status agree on who leads, and in which term.
+    leads, follows = _leadership(first), _leadership(second)
+    assert (leads.replica, leads.is_leader, follows.replica, follows.is_leader) == (
+        leader.replica, True, leader_id(second), False)
+    for lead in (leads, follows):
+        assert (lead.store, lead.leader_replica, lead.leader_address) == (
+            "etcd", leader.replica, first.address)
+        assert lead.lease_ttl_seconds == LEASE_TTL
+    assert leads.term == follows.term > 0
+    assert 0 < leads.lease_remaining_ms <= LEASE_TTL * 1000 and follows.lease_remaining_ms == 0
+    shown = omnirctl(second, "status", token="read")
+    assert shown.stdout.startswith(
+        f"replica {leader_id(second)} follows replica {leader.replica} at {first.address} "
+        f"(etcd, term {leads.term}); discovery generation "), shown
+
+    # Endpoints set through the leader are served by the follower's discovery feed too (it
+    # follows the store), at the same generation; the follower refuses to set them.
+    generation = _set_endpoints(first, "web", 8080)
+    wait_for(lambda: _status(second).discovery_generation == generation, timeout=5)
+    assert _discovered(second) == (generation, {"web": [8080]})
+    with pytest.raises(grpc.RpcError) as info:
+        _set_endpoints(second, "web", 1)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "publish through the leader" in info.value.details()
+    assert ("meshkit-error", "not_leader") in info.value.trailing_metadata()
+
     # A node watching the follower gets what the leader publishes.
     node = second.watch("edge-1")
     try:
@@ -121,10 +151,42 @@ def test_one_leader_publishes_followers_serve_and_failover_on_sigkill(replicas):
         assert snap2.epoch > snap.epoch
         verify_snapshot(snap2, keyring)
         assert "leads and publishes" in second.log()
+        now = _leadership(second)
+        assert (now.replica, now.is_leader, now.leader_replica, now.leader_address) == (
+            leader_id(second), True, leader_id(second), second.address)
+        assert now.term > leads.term
+        # The endpoints outlived the leader: the new one serves them at the same generation.
+        assert _discovered(second) == (generation, {"web": [8080]})
     finally:
         node.close()
     audit = [(e.action, e.actor) for e in second.audit() if e.action in ("write", "push")]
     assert audit == [("write", "token:ops"), ("push", "token:ops")] * 2
+
+
+def _status(server: MeshKitProcess) -> admin_pb2.GetStatusResponse:
+    return server.admin("GetStatus", admin_pb2.GetStatusRequest(), token="read")
+
+
+def _leadership(server: MeshKitProcess) -> admin_pb2.Leadership:
+    return _status(server).leadership
+
+
+def _set_endpoints(server: MeshKitProcess, cluster: str, *ports: int) -> int:
+    data = json.dumps([{"address": "127.0.0.1", "port": p} for p in ports]).encode()
+    return server.admin("SetEndpoints", admin_pb2.SetEndpointsRequest(
+        cluster=cluster, endpoints=data)).generation
+
+
+def _discovered(server: MeshKitProcess) -> tuple[int, dict[str, list[int]]]:
+    """(generation, ports by cluster) of the first response of a discovery stream."""
+    call = mesh_pb2_grpc.EndpointDiscoveryStub(server.channel).Watch(
+        mesh_pb2.DiscoveryRequest(node=mesh_pb2.Node(id="ha-discovery")), timeout=10)
+    try:
+        first = next(call)
+    finally:
+        call.cancel()
+    return first.generation, {c.cluster: [e.port for e in c.endpoints]
+                              for c in first.snapshot.clusters}
 
 
 def _try_publish(server: MeshKitProcess, doc):
@@ -224,3 +286,66 @@ def _publish_anywhere(servers, doc):
         except grpc.RpcError as exc:  # not the leader, or its etcd calls still failing
             assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN), exc
     return None
+
+
+@pytest.mark.timeout(60)
+def test_store_unavailable_is_503_with_the_reason(tmp_path):
+    """etcd stopped under a replica: calls that need the store fail UNAVAILABLE / HTTP 503
+    `store_unavailable` naming etcd's error (not an internal error, not "MeshKit
+    unreachable"); validation errors stay INVALID_ARGUMENT; status still answers and shows
+    the lease running out."""
+    import urllib.error
+    import urllib.request
+
+    from etcd_fixture import EtcdServer
+
+    (tmp_path / "etcd").mkdir()
+    (tmp_path / "mk").mkdir()
+    etcd = EtcdServer(tmp_path / "etcd").start()
+    mk = MeshKitProcess(tmp_path / "mk")
+    mk.extra_args = ["--store", f"etcd://{etcd.endpoint}/down", "--replica-id", "solo",
+                     "--lease-ttl", f"{LEASE_TTL}s", "--http-listen", "127.0.0.1:0"]
+    try:
+        mk.start()
+        wait_for(lambda: _leadership(mk).is_leader, timeout=10)
+        mk.publish(document("v1"))
+        etcd.stop()
+
+        with pytest.raises(grpc.RpcError) as info:
+            mk.admin("GetConfig", admin_pb2.GetConfigRequest(scope="global"), token="read")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (f"the store is unavailable: etcd {etcd.endpoint} prefix /down/: UNAVAILABLE"
+                in info.value.details()), info.value.details()
+        assert ("meshkit-error", "store_unavailable") in info.value.trailing_metadata()
+
+        request = urllib.request.Request(f"http://{mk.http_address}/v1/audit",
+                                         headers={"Authorization": f"Bearer {mk.read_token}"})
+        with pytest.raises(urllib.error.HTTPError) as http:
+            urllib.request.urlopen(request, timeout=10)
+        with http.value:
+            body = json.loads(http.value.read())
+        assert http.value.code == 503 and body["error"]["code"] == "store_unavailable"
+        assert f"etcd {etcd.endpoint} prefix /down/" in body["error"]["message"]
+
+        out = omnirctl(mk, "config", "get", token="read")
+        assert out.returncode == 5 and "the store is unavailable" in out.stderr, out.stderr
+        assert "cannot reach MeshKit" not in out.stderr and "Traceback" not in out.stderr
+
+        bad = document("bad")
+        bad["spec"]["routes"][0]["cluster"] = "missing"
+        with pytest.raises(grpc.RpcError) as info:
+            mk.publish(bad)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as info:
+            mk.publish(document("v2"))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        kinds = dict(info.value.trailing_metadata())
+        assert kinds["meshkit-error"] in ("store_unavailable", "not_leader"), kinds
+
+        # The lease cannot be renewed: the replica stops leading once its time is up.
+        lead = wait_for(lambda: (lead := _leadership(mk)) and not lead.is_leader and lead,
+                        timeout=LEASE_TTL + 5)
+        assert lead.replica == "solo"
+    finally:
+        mk.kill()
+        etcd.stop()

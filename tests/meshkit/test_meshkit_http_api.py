@@ -154,6 +154,9 @@ def test_nodes_status_audit_and_endpoints(server):
         n = body["nodes"][0]
         assert n["drift"] is False and n["desired_version"] == "n1" and n["connected"] is True
         assert n["last_seen_unix_ms"] >= since
+        assert body["leadership"]["is_leader"] is True and body["leadership"]["store"] == "sqlite"
+        assert body["leadership"]["leader_address"] == server.address
+        assert isinstance(body["discovery_generation"], int)
         assert body["scopes"] == [{"scope": scope, "revision": published.revision,
                                    "version": "n1", "epoch": published.epoch,
                                    "sha256": published.sha256, "nodes": 1, "drifting": 0}]
@@ -174,6 +177,23 @@ def test_nodes_status_audit_and_endpoints(server):
     status, _, body = call(server, "PUT", "/v1/endpoints/web",
                            body=b'[{"address": "127.0.0.1", "port": 8080}]')
     assert status == 200 and body["generation"] >= 1
+    generation = body["generation"]
+    status, _, body = call(server, "PUT", "/v1/endpoints/web?expected_revision=1",
+                           body=b'[{"address": "127.0.0.1", "port": 8081}]')
+    assert status == 409 and body["error"]["code"] == "revision_conflict", body
+    status, _, body = call(server, "PUT", f"/v1/endpoints/web?expected_revision={generation}",
+                           body=b'[{"address": "127.0.0.1", "port": 8081}]')
+    assert status == 200 and body["generation"] > generation
+    generation = body["generation"]
+    status, _, body = call(server, "GET", "/v1/status", token="read")
+    assert status == 200 and body["discovery_generation"] == generation
+    status, _, body = call(server, "GET", "/v1/endpoints?cluster=web&cluster=none",
+                           token="read")
+    assert status == 200 and body["generation"] == generation
+    assert body["clusters"] == [{"cluster": "web", "revision": generation, "endpoints": [
+        {"address": "127.0.0.1", "port": 8081, "weight": 1, "priority": 0, "locality": ""}]}]
+    status, _, body = call(server, "GET", "/v1/endpoints?cluster=bad/name", token="read")
+    assert status == 400 and "bad cluster name" in body["error"]["message"]
     status, _, body = call(server, "PUT", "/v1/endpoints/web", token="read",
                            body=b'[{"address": "127.0.0.1", "port": 8080}]')
     assert status == 403

@@ -125,3 +125,18 @@ def test_status_lists_scopes_and_disconnected_nodes(server):
     out = omnirctl(server, "status", "--scope", "planet/x", token="read")
     assert out.returncode == 1 and "bad scope" in out.stderr and "Traceback" not in out.stderr
     assert omnirctl(server, "status", token=None).returncode == 4
+
+
+def test_a_sqlite_meshkit_reports_itself_the_leader(server):
+    lead = _status(server).leadership
+    assert lead.is_leader and lead.store == "sqlite"
+    assert lead.replica and lead.leader_replica == lead.replica
+    assert lead.leader_address == server.address
+    assert lead.term == 0 and lead.lease_ttl_seconds == 0
+    out = omnirctl(server, "status", token="read")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith(f"replica {lead.replica} leads (sqlite); "
+                                                 "discovery generation ")
+    shown = json.loads(omnirctl(server, "status", "--json", token="read").stdout)
+    assert shown["leadership"]["is_leader"] is True
+    assert shown["leadership"]["leader_address"] == server.address

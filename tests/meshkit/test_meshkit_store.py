@@ -145,3 +145,89 @@ async def test_watch_yields_writes_in_order_including_other_writers(open_store):
     finally:
         await store.close()
         await other.close()
+
+
+def _put_endpoints(store, cluster, data, expected=None, actor="alice"):
+    return store.put_endpoints(cluster, data, expected_revision=expected, actor=actor,
+                               detail="127.0.0.1:80")
+
+
+async def test_endpoint_lists_compare_and_swap_audit_and_one_revision_counter(open_store):
+    store = open_store()
+    try:
+        lists, _ = await store.current_endpoints()
+        assert lists == []
+        config = await _put(store, "global", b"{}", 0)
+        web = await _put_endpoints(store, "web", b'[{"port":80}]')
+        assert web.revision > config.revision  # the counter config writes use too
+        assert (web.cluster, web.endpoints, web.actor) == ("web", b'[{"port":80}]', "alice")
+        api = await _put_endpoints(store, "api", b"[]", expected=0)
+        web2 = await _put_endpoints(store, "web", b'[{"port":81}]', expected=web.revision)
+        assert web.revision < api.revision < web2.revision
+        later = await _put(store, "global", b"{1}", config.revision)
+        assert later.revision > web2.revision
+
+        with pytest.raises(RevisionConflict) as info:
+            await _put_endpoints(store, "web", b"[]", expected=web.revision, actor="mallory")
+        assert (info.value.scope, info.value.expected, info.value.actual) == (
+            "cluster/web", web.revision, web2.revision)
+        with pytest.raises(RevisionConflict, match="expected it to be empty"):
+            await _put_endpoints(store, "api", b"[]", expected=0)
+
+        lists, revision = await store.current_endpoints()
+        assert [(s.cluster, s.revision, s.endpoints) for s in lists] == [
+            ("api", api.revision, b"[]"), ("web", web2.revision, b'[{"port":81}]')]
+        assert revision >= web2.revision
+        log = [(e.actor, e.action, e.scope, e.revision) for e in await store.audit_log()
+               if e.scope.startswith("cluster/")]
+        assert log == [
+            ("alice", "set-endpoints", "cluster/web", web.revision),
+            ("alice", "set-endpoints", "cluster/api", api.revision),
+            ("alice", "set-endpoints", "cluster/web", web2.revision),
+            ("mallory", "conflict", "cluster/web", web2.revision),
+            ("alice", "conflict", "cluster/api", api.revision),
+        ]
+    finally:
+        await store.close()
+
+
+async def test_endpoint_lists_survive_reopen_and_are_watched_from_other_writers(open_store,
+                                                                                tmp_path):
+    store = open_store(poll_interval=0.05)
+    other = open_store()  # another process (or replica) on the same file or prefix
+    try:
+        first = await _put_endpoints(store, "web", b"[1]")
+        seen = []
+
+        async def follow():
+            async for stored in store.watch_endpoints(after_revision=first.revision - 1):
+                seen.append((stored.cluster, stored.revision, stored.endpoints))
+                if len(seen) == 3:
+                    return
+
+        task = asyncio.ensure_future(follow())
+        await _put(store, "global", b"{}", 0)  # config writes are not endpoint writes
+        second = await _put_endpoints(other, "api", b"[2]")  # SQLite: found by polling
+        third = await _put_endpoints(store, "web", b"[3]", expected=first.revision)
+        await asyncio.wait_for(task, 5)
+        assert seen == [("web", first.revision, b"[1]"), ("api", second.revision, b"[2]"),
+                        ("web", third.revision, b"[3]")]
+    finally:
+        await store.close()
+        await other.close()
+    reopened = open_store()
+    try:
+        lists, revision = await reopened.current_endpoints()
+        assert revision >= third.revision
+        assert {(s.cluster, s.revision) for s in lists} == {
+            ("api", second.revision), ("web", third.revision)}
+        # The counter goes on from there: a generation never goes backwards after a restart.
+        assert (await _put_endpoints(reopened, "web", b"[4]")).revision > third.revision
+    finally:
+        await reopened.close()
+    if isinstance(reopened, SqliteStore):  # the endpoint history is append-only too
+        conn = sqlite3.connect(tmp_path / "s.db")
+        for sql in ("UPDATE endpoint_history SET endpoints = x''", "DELETE FROM endpoint_history"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(sql)
+        conn.close()
