@@ -84,8 +84,6 @@ class BuildPy(build_py):
 def _libraries(pyx):
     if pyx.startswith("http2"):
         return ["nghttp2"]  # HTTP/2 framing comes from the system libnghttp2 (libnghttp2-dev)
-    if pyx == "tls.pyx":
-        return ["dl"]  # OpenSSL is found at run time, in the library Python's _ssl uses
     return []
 
 

@@ -16,6 +16,7 @@ from omnirelay.config.signing import ALGORITHM, Keyring, Signer, document_digest
 
 from .scopes import scopes_for
 from .store import StoredConfig
+from .waiting import wait_until
 
 
 class SnapshotError(Exception):
@@ -154,14 +155,4 @@ class SnapshotCache:
 
     async def wait_for_revision(self, revision: int, timeout: float) -> bool:
         """Wait until the cache has applied `revision`; False on timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._revision < revision:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            try:
-                await asyncio.wait_for(self._event.wait(), remaining)
-            except TimeoutError:
-                return self._revision >= revision
-        return True
+        return await wait_until(lambda: self._revision >= revision, lambda: self._event, timeout)

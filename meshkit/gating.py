@@ -1,11 +1,10 @@
 """Capability gating: which connected nodes a document would reach that cannot run it.
 
-A document needs a capability for each optional part it uses; a node has the capabilities its
-Hello announced (flattened as `api:...`, `feature:...`, `wasm:...`, nodes.capability_list).
+A document needs a capability for each optional part it uses (omnirelay.config.requirements,
+shared with the node's config client, which refuses such a snapshot itself); a node has the
+capabilities its Hello announced (flattened as `api:...`, `feature:...`, `wasm:...`).
 The publish pipeline refuses a document when a connected node it targets (the node's most
 specific scope with a document would be the published one) lacks one, unless forced.
-
-Baseline HTTP/1.1 proxying and Python filters are not gated: every OmniRelay build has them.
 """
 
 from __future__ import annotations
@@ -14,17 +13,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from omnirelay.config import Config
+from omnirelay.config.requirements import required
 
 from .scopes import scopes_for
-
-# Filters that need an extension runtime (the filter name -> the node feature that runs it).
-FILTER_FEATURES = {
-    "omnirelay.filters.http.wasm": "feature:wasm",
-    "omnirelay.filters.http.native": "feature:native",
-    "omnirelay.filters.http.dsl": "feature:dsl",
-}
-# Listener protocols beyond HTTP (the node's /capabilities protocol names).
-LISTENER_FEATURES = {"tcp": "feature:tcp", "tls_passthrough": "feature:tls_passthrough"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,32 +32,6 @@ class Target:
     tenant: str
     region: str
     capabilities: frozenset[str]
-
-
-def required(config: Config) -> dict[str, str]:
-    """Capability -> the first place in the document that needs it (for messages)."""
-    needs: dict[str, str] = {}
-
-    def need(capability: str, where: str) -> None:
-        needs.setdefault(capability, where)
-
-    for listener in config.spec.listeners:
-        feature = LISTENER_FEATURES.get(listener.protocol)
-        if feature:
-            need(feature, f"listener {listener.name}")
-        for spec in listener.filters:
-            if spec.name in FILTER_FEATURES:
-                need(FILTER_FEATURES[spec.name], f"listener {listener.name} filter {spec.name}")
-    for route in config.spec.routes:
-        for spec in route.filters:
-            if spec.name in FILTER_FEATURES:
-                need(FILTER_FEATURES[spec.name], f"route {route.name} filter {spec.name}")
-    for cluster in config.spec.clusters:
-        if cluster.protocol == "http2":
-            # h2 over TLS (ALPN), h2c by prior knowledge in the clear.
-            need("feature:h2" if cluster.tls is not None else "feature:h2c",
-                 f"cluster {cluster.name}")
-    return needs
 
 
 def targets(scope: str, node: Target, has_document: Callable[[str], bool]) -> bool:

@@ -17,13 +17,9 @@ from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
-from posix.dlfcn cimport dlopen, dlsym, RTLD_NOW
 
 from omnirelay_core.includes.openssl cimport *
 from omnirelay_core.connection cimport Connection
-
-cdef extern from "<dlfcn.h>":
-    int RTLD_NOLOAD
 
 _log = logging.getLogger("omnirelay.tls")
 
@@ -48,29 +44,30 @@ _FUNCTIONS = (
 
 cdef str _resolve():
     """Fill `api` from the libssl/libcrypto that Python's _ssl module is linked with; the
-    reason it cannot, or None."""
+    reason it cannot, or None. ctypes does the dlopen/dlsym so that the extension links no
+    libdl (whose symbol versions would raise the wheels' manylinux tag)."""
+    import ctypes
+    import os
     import _ssl
-    cdef void* handle = NULL
-    cdef void* fn
     cdef void** slots = <void**>&api
-    path = getattr(_ssl, "__file__", None)
-    if path:
-        handle = dlopen(path.encode(), RTLD_NOW | RTLD_NOLOAD)
-    if handle == NULL:
-        handle = dlopen(NULL, RTLD_NOW)     # _ssl built into the interpreter
-    if handle == NULL:
-        return "cannot open Python's _ssl module"
     if sizeof(OpenSSLApi) != len(_FUNCTIONS) * sizeof(void*):
         return "OpenSSLApi and _FUNCTIONS disagree"
+    path = getattr(_ssl, "__file__", None)    # None: _ssl is built into the interpreter
+    try:
+        lib = ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_NOLOAD) if path else ctypes.CDLL(None)
+    except OSError as e:
+        return f"cannot open Python's _ssl module: {e}"
     for i, names in enumerate(_FUNCTIONS):
-        fn = NULL
+        address = None
         for name in ((names,) if isinstance(names, str) else names):
-            fn = dlsym(handle, name.encode())
-            if fn != NULL:
+            try:    # looked up in _ssl and the libraries it depends on
+                address = ctypes.cast(lib[name], ctypes.c_void_p).value
                 break
-        if fn == NULL:
+            except AttributeError:
+                continue
+        if not address:
             return f"{names} is not exported by the OpenSSL of Python's _ssl module"
-        slots[i] = fn
+        slots[i] = <void*><size_t>address
     return None
 
 

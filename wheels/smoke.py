@@ -6,8 +6,9 @@ Stdlib and the wheel only, one process, no subprocesses (under qemu-user without
 child aarch64 process could not be started): it checks what the wheel carries (compiled core
 for this machine, generated protos, the C plugin header, py.typed, entry points), starts a
 stdlib HTTP upstream on 127.0.0.1:0 and an embedded Relay in front of it with one Proxy-Wasm
-filter (WAT below, compiled with wasmtime) that adds a response header, sends one request, and
-runs the `omnirelay` and `omnirctl` entry points with --version. Prints one line per check and
+filter (WAT below, compiled with wasmtime) that adds a response header, sends one request (and
+one more over TLS terminated by the compiled core, with a throwaway certificate), and runs the
+`omnirelay` and `omnirctl` entry points with --version. Prints one line per check and
 `smoke: ok`; exits 1 with the reason on the first failure.
 """
 
@@ -20,6 +21,7 @@ import importlib.metadata
 import importlib.resources
 import io
 import platform
+import ssl
 import sys
 import sysconfig
 import tempfile
@@ -108,15 +110,51 @@ class Upstream(http.server.BaseHTTPRequestHandler):
 
 
 def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
-    with urllib.request.urlopen(url, timeout=DEADLINE_S) as resp:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the throwaway certificate below
+    with urllib.request.urlopen(url, timeout=DEADLINE_S, context=context) as resp:
         return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
 
 
-async def proxy_one_request(upstream_port: int, wasm_path: str) -> None:
-    import omnirelay
+def write_certificate(directory: str) -> tuple[str, str]:
+    """A self-signed P-256 certificate for 127.0.0.1: (cert_file, key_file)."""
+    import datetime
+    import ipaddress
 
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smoke")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = Path(directory, "smoke.crt"), Path(directory, "smoke.key")
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+async def proxy_one_request(upstream_port: int, wasm_path: str,
+                            certificate: tuple[str, str]) -> None:
+    import omnirelay
+    from omnirelay_core import tls
+
+    check(tls.unavailable() is None, f"TLS in the core is unavailable: {tls.unavailable()}")
     cfg = {"spec": {
-        "listeners": [{"name": "edge", "address": "127.0.0.1", "port": 0}],
+        "listeners": [{"name": "edge", "address": "127.0.0.1", "port": 0},
+                      {"name": "edge-tls", "address": "127.0.0.1", "port": 0,
+                       "tls": {"cert_file": certificate[0], "key_file": certificate[1]}}],
         "routes": [{"name": "all", "match": {"path": {"prefix": "/"}}, "cluster": "up",
                     "filters": [{"name": "omnirelay.filters.http.wasm",
                                  "config": {"path": wasm_path, "name": "smoke"}}]}],
@@ -125,13 +163,18 @@ async def proxy_one_request(upstream_port: int, wasm_path: str) -> None:
     }}
     started = time.monotonic()
     async with omnirelay.Relay(cfg) as relay:
-        host, port = relay.address()
-        status, headers, body = await asyncio.to_thread(fetch, f"http://{host}:{port}/smoke")
-    check(status == 200, f"status {status}, expected 200")
-    check(body == BODY, f"body {body!r}, expected {BODY!r}")
-    check(headers.get("x-upstream-path") == "/smoke", f"upstream not reached: {headers}")
-    check(headers.get("x-smoke-wasm") == "ok", f"Wasm filter header missing: {headers}")
-    print(f"smoke: proxy ok: 200 through the Wasm filter in {time.monotonic() - started:.1f}s")
+        for scheme, listener in (("http", "edge"), ("https", "edge-tls")):
+            host, port = relay.address(listener)
+            status, headers, body = await asyncio.to_thread(
+                fetch, f"{scheme}://{host}:{port}/smoke")
+            check(status == 200, f"{scheme}: status {status}, expected 200")
+            check(body == BODY, f"{scheme}: body {body!r}, expected {BODY!r}")
+            check(headers.get("x-upstream-path") == "/smoke",
+                  f"{scheme}: upstream not reached: {headers}")
+            check(headers.get("x-smoke-wasm") == "ok",
+                  f"{scheme}: Wasm filter header missing: {headers}")
+    print(f"smoke: proxy ok: 200 through the Wasm filter, plain and over TLS in the core, "
+          f"in {time.monotonic() - started:.1f}s")
 
 
 def run_entry_point(name: str, args: list[str]) -> str:
@@ -163,8 +206,8 @@ def main() -> int:
             thread = threading.Thread(target=server.serve_forever, daemon=True)
             thread.start()
             try:
-                asyncio.run(asyncio.wait_for(
-                    proxy_one_request(server.server_address[1], str(wasm)), DEADLINE_S))
+                asyncio.run(asyncio.wait_for(proxy_one_request(
+                    server.server_address[1], str(wasm), write_certificate(tmp)), DEADLINE_S))
             finally:
                 server.shutdown()
                 server.server_close()

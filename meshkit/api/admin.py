@@ -81,3 +81,10 @@ class MeshAdminService(admin_pb2_grpc.MeshAdminServicer):
     async def GetEndpoints(self, request, context):
         return await self._call(context, READ,
                                 lambda p: self.ops.get_endpoints(tuple(request.clusters)))
+
+    async def DeleteEndpoints(self, request, context):
+        expected = request.expected_revision if request.HasField("expected_revision") else None
+        return await self._call(
+            context, MUTATE,
+            lambda p: self.ops.delete_endpoints(p, request.cluster, expected_revision=expected),
+        )

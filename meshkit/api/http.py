@@ -58,7 +58,7 @@ ROUTES = [
           admin_pb2.TailAuditResponse.DESCRIPTOR,
           (Param("since_unix_ms", "integer", "entries at or after this time"),
            Param("after_id", "integer", "entries with a larger id"),
-           Param("scope", "string", "only this scope"),
+           Param("scope", "string", "only this scope (or cluster/<name>: its endpoint list)"),
            Param("limit", "integer", "at most this many (default 100, max 10000)")),
           errors=(400, 503)),
     Route("GET", "/v1/endpoints", "get_endpoints",
@@ -73,6 +73,13 @@ ROUTES = [
                  "compare-and-swap: write only if the cluster's list is at this revision "
                  "(0: it has none)")),
           body="a YAML or JSON list of endpoints", errors=(400, 409, 422, 503)),
+    Route("DELETE", "/v1/endpoints/{cluster}", "delete_endpoints",
+          "Remove a cluster's endpoint list from the discovery feed (and the store)", MUTATE,
+          admin_pb2.DeleteEndpointsResponse.DESCRIPTOR,
+          (Param("cluster", "string", "the cluster name", where="path"),
+           Param("expected_revision", "integer",
+                 "compare-and-swap: delete only if the cluster's list is at this revision")),
+          errors=(400, 404, 409, 503)),
     Route("GET", "/openapi.json", "openapi", "This API's OpenAPI 3.1 description", None, None),
 ]
 
@@ -229,6 +236,11 @@ class HttpApi:
     async def set_endpoints(self, request, query, principal, body):
         return await self.ops.set_endpoints(principal, request.match_info["cluster"], body,
                                             expected_revision=query.number("expected_revision"))
+
+    async def delete_endpoints(self, request, query, principal, body):
+        return await self.ops.delete_endpoints(
+            principal, request.match_info["cluster"],
+            expected_revision=query.number("expected_revision"))
 
     async def openapi(self, request, query, principal, body):
         return self.description

@@ -43,7 +43,7 @@ _ERROR_TEXT = {
     400: "Bad request: a malformed parameter or scope",
     401: "No token, or an unknown one",
     403: "A read token on a mutating call",
-    404: "Not found",
+    404: "Not found: no config in the scope, no endpoint list to delete",
     409: "Compare-and-swap conflict, or capability gaps (error.code says which)",
     422: "Invalid document: every issue with its path",
     503: "The store is unavailable (store_unavailable), this replica is not the leader "

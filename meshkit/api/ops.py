@@ -20,7 +20,7 @@ from ..diff import ConfigDiff
 from ..gating import Gap
 from ..publish import CapabilityError, Publisher, PublishError, PublishResult, validate
 from ..scopes import ScopeError, check_scope, valid_name
-from ..store import NotLeader, RevisionConflict, Store, StoredConfig, StoreError
+from ..store import NotFound, NotLeader, RevisionConflict, Store, StoredConfig, StoreError
 from .auth import AuthError, Principal, TokenAuthority
 
 if TYPE_CHECKING:  # meshkit.server imports this module
@@ -122,8 +122,9 @@ _R = TypeVar("_R")
 
 def store_errors(operation: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
     """Store failures as API errors: a lost compare-and-swap is a conflict, a refusal of the
-    leader fence is not_leader, anything else (etcd unreachable, a failing disk) is
-    store_unavailable with the store's reason, never an internal error."""
+    leader fence is not_leader, nothing to delete is not_found, anything else (etcd
+    unreachable, a failing disk) is store_unavailable with the store's reason, never an
+    internal error."""
 
     @functools.wraps(operation)
     async def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -133,6 +134,8 @@ def store_errors(operation: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitab
             raise ApiError("revision_conflict", str(exc)) from None
         except NotLeader as exc:
             raise ApiError("not_leader", str(exc)) from None
+        except NotFound as exc:
+            raise ApiError("not_found", str(exc)) from None
         except StoreError as exc:
             log.warning("store unavailable: %s", exc)
             raise ApiError("store_unavailable", f"the store is unavailable: {exc}") from None
@@ -145,6 +148,14 @@ def scope_of(scope: str | None) -> str:
         return check_scope(scope)
     except ScopeError as exc:
         raise ApiError("invalid_argument", str(exc)) from None
+
+
+def audit_scope(scope: str) -> str:
+    """A config scope, or `cluster/<name>` (what endpoint-list writes are audited under)."""
+    kind, _, name = scope.partition("/")
+    if kind == "cluster" and valid_name(name):
+        return scope
+    return scope_of(scope)
 
 
 class AdminOps:
@@ -255,7 +266,7 @@ class AdminOps:
         entries = await self.store.audit_log(
             since=since_unix_ms / 1000 if since_unix_ms else None,
             after_id=after_id,
-            scope=scope_of(scope) if scope else None,
+            scope=audit_scope(scope) if scope else None,
             limit=min(limit or DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT),
         )
         return admin_pb2.TailAuditResponse(
@@ -317,3 +328,29 @@ class AdminOps:
         log.info("%s set %d endpoints of cluster %s (generation %d)", principal.actor,
                  len(endpoints), cluster, stored.revision)
         return admin_pb2.SetEndpointsResponse(generation=stored.revision)
+
+    @store_errors
+    async def delete_endpoints(self, principal: Principal, cluster: str, *,
+                               expected_revision: int | None = None,
+                               ) -> admin_pb2.DeleteEndpointsResponse:
+        """Delete the cluster's list from the store (compare-and-swap with
+        `expected_revision`), and return once this replica's feed no longer serves it."""
+        if not valid_name(cluster):
+            raise ApiError("invalid_argument", f"bad cluster name {cluster!r}")
+        refusal = self.publisher.may_publish()  # only the leader writes, as for config
+        if refusal is not None:
+            raise ApiError("not_leader", refusal)
+        try:
+            stored = await self.store.delete_endpoints(
+                cluster, expected_revision=expected_revision, actor=principal.actor)
+        except NotFound:
+            raise ApiError("not_found", f"cluster {cluster!r} has no endpoint list") from None
+        if not await self.feed.wait_for(stored.revision, self.publisher.push_timeout):
+            raise ApiError("unavailable",
+                           f"cluster {cluster!r} endpoints were deleted at revision "
+                           f"{stored.revision} but the discovery feed did not follow within "
+                           f"{self.publisher.push_timeout:g} s; it removes them when it "
+                           "catches up")
+        log.info("%s deleted the endpoints of cluster %s (generation %d)", principal.actor,
+                 cluster, stored.revision)
+        return admin_pb2.DeleteEndpointsResponse(generation=stored.revision)

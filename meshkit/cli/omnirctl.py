@@ -9,6 +9,7 @@
     omnirctl audit tail [--since 10m|RFC3339] [--scope S] [--limit N] [--json]
     omnirctl endpoints set CLUSTER FILE [--expected-revision N]
     omnirctl endpoints get [CLUSTER ...] [--json]
+    omnirctl endpoints delete CLUSTER [--expected-revision N]
     omnirctl ca init|status|rotate|bundle|crl|register-node|issue|revoke|list (meshkit/cli/ca.py)
 
 --server defaults to $OMNIRCTL_SERVER or 127.0.0.1:7070, --token to $OMNIRCTL_TOKEN; with
@@ -374,7 +375,8 @@ def audit() -> None:
 
 @audit.command("tail")
 @click.option("--since", default=None, help="A duration ago (10m) or an RFC 3339 time.")
-@click.option("--scope", default="", help="Only this scope.")
+@click.option("--scope", default="",
+              help="Only this scope (or cluster/NAME: that cluster's endpoint list).")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
 def audit_tail(since: str | None, scope: str, limit: int, as_json: bool) -> None:
@@ -413,6 +415,19 @@ def endpoints_set(cluster: str, file: str, expected_revision: int | None) -> Non
         request.expected_revision = expected_revision
     r = _client().call("SetEndpoints", request)
     click.echo(f"cluster {cluster}: generation {r.generation}")
+
+
+@endpoints.command("delete")
+@click.argument("cluster")
+@click.option("--expected-revision", type=click.IntRange(min=1), default=None,
+              help="Delete only if the cluster's list is at this revision.")
+def endpoints_delete(cluster: str, expected_revision: int | None) -> None:
+    """Remove CLUSTER's endpoint list from the discovery feed (nodes drop it)."""
+    request = admin_pb2.DeleteEndpointsRequest(cluster=cluster)
+    if expected_revision is not None:
+        request.expected_revision = expected_revision
+    r = _client().call("DeleteEndpoints", request)
+    click.echo(f"cluster {cluster}: endpoints deleted at generation {r.generation}")
 
 
 @endpoints.command("get")

@@ -102,8 +102,7 @@ class MeshKit:
         for stored in states:
             self._apply(stored)
         lists, endpoints_revision = await self.store.current_endpoints()
-        for listed in sorted(lists, key=lambda listed: listed.revision):
-            self.feed.apply(listed)
+        self.feed.load(lists, endpoints_revision)
         self._feeders = [
             asyncio.create_task(self._follow(self.store.watch, self._apply, revision),
                                 name="meshkit-store-watch"),

@@ -4,11 +4,16 @@ Config never embeds IP lists: clusters with `discovery: {type: api}` get their e
 The lists live in the store (`Store.put_endpoints`): MeshKit loads them at start and follows
 the store's endpoint watch, the path every write takes whoever made it, so a follower replica
 serves what the leader wrote. A list's generation is the store revision it was written at and
-the feed's generation that of the newest list, so generations never go backwards across
-restarts and failovers, and every replica agrees on them. A subscriber gets a full snapshot
-(or the delta since the generation it already holds), then one delta per new generation, each
-naming the generation it applies on top of; a node holding a newer generation than the feed's
-(another deployment's) is sent a full snapshot.
+the feed's generation that of the newest write (a list or a deletion; at start, the revision
+the lists were loaded at), so generations never go backwards across restarts and failovers.
+A subscriber gets a full snapshot (or the delta since the generation it already holds), then
+one delta per new generation, each naming the generation it applies on top of; a node holding
+a newer generation than the feed's (another deployment's) is sent a full snapshot.
+
+A deleted list (`Store.delete_endpoints`) leaves a tombstone here: deltas name the cluster in
+`removed`, at the deletion's generation. Deletions made before this process loaded the store
+are not known, so a node holding a generation older than that load (`floor`) is sent a full
+snapshot, which drops whatever is not in it, rather than a delta that could miss a removal.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from omnirelay.config.endpoints import decode_endpoints
 from omnirelay.config.protos import mesh_pb2, mesh_pb2_grpc
 
 from ..store import StoredEndpoints
+from ..waiting import wait_until
 from .watch import DEFAULT_RETRY, RetryPolicy, check_node, end_stream
 
 log = logging.getLogger("meshkit.discovery")
@@ -51,18 +57,34 @@ def endpoint_data(endpoint: Endpoint) -> dict[str, object]:
 class EndpointFeed:
     def __init__(self) -> None:
         self.generation = 0
+        self.floor = 0  # deletions at or below it are not known: older nodes get snapshots
         self._clusters: dict[str, tuple[Endpoint, ...]] = {}
         self._changed_at: dict[str, int] = {}
+        self._removed_at: dict[str, int] = {}  # tombstones: cluster -> deletion's generation
         self._event = asyncio.Event()
+
+    def load(self, lists: list[StoredEndpoints], revision: int) -> None:
+        """Start from the store's current lists, read at store `revision`: the generation
+        is that revision from then on (a deletion after the newest list is not forgotten)."""
+        for stored in sorted(lists, key=lambda stored: stored.revision):
+            self.apply(stored)
+        self.floor = max(self.floor, revision)
+        self.generation = max(self.generation, revision)
 
     def changed(self) -> asyncio.Event:
         return self._event
 
     def apply(self, stored: StoredEndpoints) -> bool:
-        """Take a list as written to the store (in revision order); False if it is not newer
-        than the feed's generation (already applied)."""
+        """Take a list as written to the store, or its deletion (in revision order); False if
+        it is not newer than the feed's generation (already applied)."""
         if stored.revision <= self.generation:
             return False
+        if stored.deleted:
+            self._clusters.pop(stored.cluster, None)
+            self._changed_at.pop(stored.cluster, None)
+            self._removed_at[stored.cluster] = stored.revision
+            self._advance(stored.revision)
+            return True
         try:
             endpoints = decode_endpoints(json.loads(stored.endpoints),
                                          f"endpoints of cluster {stored.cluster}")
@@ -72,24 +94,18 @@ class EndpointFeed:
         else:
             self._clusters[stored.cluster] = endpoints
             self._changed_at[stored.cluster] = stored.revision
-        self.generation = stored.revision
+            self._removed_at.pop(stored.cluster, None)
+        self._advance(stored.revision)
+        return True
+
+    def _advance(self, generation: int) -> None:
+        self.generation = generation
         event, self._event = self._event, asyncio.Event()
         event.set()
-        return True
 
     async def wait_for(self, generation: int, timeout: float) -> bool:
         """Wait until the feed has applied `generation`; False on timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.generation < generation:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            try:
-                await asyncio.wait_for(self._event.wait(), remaining)
-            except TimeoutError:
-                return self.generation >= generation
-        return True
+        return await wait_until(lambda: self.generation >= generation, lambda: self._event, timeout)
 
     def endpoints(self, cluster: str) -> tuple[Endpoint, ...] | None:
         return self._clusters.get(cluster)
@@ -113,17 +129,31 @@ class EndpointFeed:
 
     def delta(self, since: int, wanted: set[str] | None) -> mesh_pb2.DiscoveryResponse:
         """What changed after generation `since` (possibly nothing for `wanted`: the response
-        still moves the node to the current generation)."""
-        updated = sorted(
-            n for n, g in self._changed_at.items() if g > since and (wanted is None or n in wanted)
-        )
+        still moves the node to the current generation): lists written and lists deleted."""
+
+        def after(changes: dict[str, int]) -> list[str]:
+            return sorted(n for n, g in changes.items()
+                          if g > since and (wanted is None or n in wanted))
+
         return mesh_pb2.DiscoveryResponse(
             generation=self.generation,
             delta=mesh_pb2.EndpointDelta(
                 base_generation=since,
-                updated=[self._cluster(n) for n in updated],
+                updated=[self._cluster(n) for n in after(self._changed_at)],
+                removed=after(self._removed_at),
             ),
         )
+
+    def catch_up(self, known: int, wanted: set[str] | None) -> mesh_pb2.DiscoveryResponse | None:
+        """The first response to a node holding generation `known` (0 = none): a snapshot
+        when it holds none, a newer one than the feed's (another deployment's) or one older
+        than the feed's `floor` (deletions since may be unknown here), else the delta since
+        `known`; None when it is current."""
+        if known == 0 or known > self.generation or known < self.floor:
+            return self.snapshot(wanted)
+        if known < self.generation:
+            return self.delta(known, wanted)
+        return None
 
 
 class EndpointDiscoveryService(mesh_pb2_grpc.EndpointDiscoveryServicer):
@@ -144,15 +174,10 @@ class EndpointDiscoveryService(mesh_pb2_grpc.EndpointDiscoveryServicer):
             return
         wanted = set(request.clusters) or None
         feed = self.feed
-        known = request.known_generation
-        if known == 0 or known > feed.generation:
-            await context.write(feed.snapshot(wanted))
-            last = feed.generation
-        elif known < feed.generation:
-            await context.write(feed.delta(known, wanted))
-            last = feed.generation
-        else:
-            last = known
+        first = feed.catch_up(request.known_generation, wanted)
+        if first is not None:
+            await context.write(first)
+        last = feed.generation
         stopping = asyncio.ensure_future(self.stopping.wait())
         try:
             while True:

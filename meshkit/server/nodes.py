@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from omnirelay.config.protos import mesh_pb2
+from omnirelay.config.requirements import flatten
 
 from ..cache import Snapshot
 from ..gating import Target
@@ -76,14 +77,6 @@ def locality_text(locality: mesh_pb2.Locality) -> str:
     return "/".join(p for p in (locality.region, locality.zone, locality.subzone) if p)
 
 
-def capability_list(caps: mesh_pb2.Capabilities) -> tuple[str, ...]:
-    return (
-        *(f"api:{v}" for v in caps.api_versions),
-        *(f"feature:{v}" for v in caps.features),
-        *(f"wasm:{v}" for v in caps.wasm_runtimes),
-    )
-
-
 class NodeRegistry:
     def __init__(self, clock: Callable[[], float] = time.time,
                  repush: RepushPolicy | None = None) -> None:
@@ -105,7 +98,7 @@ class NodeRegistry:
         state.tenant = node.tenant
         state.region = node.locality.region
         state.locality = locality_text(node.locality)
-        state.capabilities = capability_list(node.capabilities)
+        state.capabilities = flatten(node.capabilities)
         state.build_version = node.build_version
         return state
 

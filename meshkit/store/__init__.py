@@ -3,6 +3,7 @@ backend, meshkit.store.etcd, is imported only when used)."""
 
 from .base import (
     AuditEntry,
+    NotFound,
     NotLeader,
     RevisionConflict,
     Store,
@@ -13,6 +14,6 @@ from .base import (
 from .sqlite import SqliteStore
 
 __all__ = [
-    "AuditEntry", "NotLeader", "RevisionConflict", "SqliteStore", "Store", "StoreError",
+    "AuditEntry", "NotFound", "NotLeader", "RevisionConflict", "SqliteStore", "Store", "StoreError",
     "StoredConfig", "StoredEndpoints",
 ]

@@ -9,7 +9,10 @@ mutation, every refused mutation and every read, with actor, action, scope, revi
 Endpoint lists of the discovery feed (clusters with `discovery: {type: api}`) are kept the
 same way: one list per cluster, written by compare-and-swap at the next store revision with
 its audit entry, followed by `watch_endpoints`. The feed's generation is the revision of the
-last list written, so it never goes backwards across restarts and every replica agrees on it.
+last list written (or, at start, the revision the lists were loaded at), so it never goes
+backwards across restarts and every replica agrees on it.
+Deleting a list (`delete_endpoints`) is a write too: it takes the next revision, is audited,
+and the watch reports it (a `StoredEndpoints` with `deleted` set).
 """
 
 from __future__ import annotations
@@ -45,6 +48,17 @@ class NotLeader(StoreError):
     """A write refused because this replica is not (or no longer) the elected publisher."""
 
 
+class NotFound(StoreError):
+    """A deletion refused: there is nothing to delete."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        super().__init__(f"{scope!r} has nothing to delete")
+
+    def __reduce__(self):
+        return (type(self), (self.scope,))
+
+
 @dataclass(frozen=True, slots=True)
 class StoredConfig:
     """One scope's document as written at `revision`."""
@@ -61,13 +75,15 @@ class StoredConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoredEndpoints:
-    """One cluster's endpoint list as written at `revision` (its discovery generation)."""
+    """One cluster's endpoint list as written at `revision` (its discovery generation), or,
+    with `deleted`, the deletion of its list at `revision` (`endpoints` empty)."""
 
     cluster: str
     revision: int
     endpoints: bytes  # canonical JSON list of endpoint mappings
     actor: str
     updated_at: float  # Unix seconds
+    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +150,25 @@ class Store(abc.ABC):
         RevisionConflict otherwise (audited)."""
 
     @abc.abstractmethod
+    async def delete_endpoints(
+        self, cluster: str, *, expected_revision: int | None = None, actor: str,
+        detail: str = "",
+    ) -> StoredEndpoints:
+        """Delete the cluster's endpoint list at the next store revision, atomically with its
+        audit entry (action `delete-endpoints`, scope `cluster/<name>`); the deletion record
+        (`deleted` set) is returned and watched like a write. NotFound (audited as
+        `not-found`) when the cluster has no list; with `expected_revision`, RevisionConflict
+        (audited) unless the list is at that revision."""
+
+    @abc.abstractmethod
     async def current_endpoints(self) -> tuple[list[StoredEndpoints], int]:
-        """Every cluster's current list (by cluster) and the store revision they were read at,
-        from which `watch_endpoints` misses nothing."""
+        """Every cluster's current list (by cluster; deleted ones are not listed) and the
+        store revision they were read at, from which `watch_endpoints` misses nothing."""
 
     @abc.abstractmethod
     def watch_endpoints(self, after_revision: int = 0) -> AsyncIterator[StoredEndpoints]:
-        """Every endpoint-list write with a revision above `after_revision`, in revision order,
-        forever."""
+        """Every endpoint-list write and deletion with a revision above `after_revision`, in
+        revision order, forever."""
 
     @abc.abstractmethod
     async def append_audit(

@@ -9,7 +9,10 @@ Keys under the prefix P (`meshkit serve --store etcd://HOST:PORT[,HOST:PORT...]/
   put of one compares create_revision == 0). Its id is the etcd revision that created it.
 - `P/ca/<kind>/<name>`: CA records (meshkit/ca).
 - `P/endpoints/<cluster>`: the cluster's endpoint list of the discovery feed (JSON); its
-  mod_revision is the list's revision and discovery generation.
+  mod_revision is the list's revision and discovery generation. Deleting the list leaves a
+  tombstone, the key with an empty value (its mod_revision the deletion's revision), so that a
+  watch catching up after a compaction still learns of the deletion; a tombstone is no list
+  (not current, `expected_revision` 0 replaces it).
 - `P/leader`: the elected publisher, bound to its lease (meshkit/leader.py).
 
 A compare-and-swap write is one txn: compare the scope key's mod_revision with the expected
@@ -39,6 +42,7 @@ from aetcd import rpc
 
 from .base import (
     AuditEntry,
+    NotFound,
     NotLeader,
     RevisionConflict,
     Store,
@@ -394,33 +398,43 @@ class EtcdStore(Store):
         now = self._clock()
         value = json.dumps({"document": _b64(document), "sha256": sha256, "version": version,
                             "epoch": epoch, "actor": actor, "updated_at": now}).encode()
-        revision = await self._fenced_put(key, value, expected_revision, actor=actor,
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
+        revision = await self._fenced_txn(key, put, expected_revision, actor=actor,
                                           action="write", scope=scope, detail=detail)
         return StoredConfig(scope, revision, document, sha256, version, epoch, actor, now)
 
-    async def _fenced_put(self, key: bytes, value: bytes, expected_revision: int | None, *,
-                          actor: str, action: str, scope: str, detail: str) -> int:
-        """Put `key` with its audit entry in one txn if its mod_revision is
-        `expected_revision` (None: whatever it is) and, with an election, this replica holds
-        the leader key (the fence); the txn's revision. RevisionConflict or NotLeader (both
-        audited) otherwise."""
+    async def _fenced_txn(self, key: bytes, op: Any, expected_revision: int | None, *,
+                          actor: str, action: str, scope: str, detail: str,
+                          must_exist: bool = False) -> int:
+        """Run `op` (a put of `key`) with its audit entry in one txn if the key's
+        mod_revision is `expected_revision` (None: whatever it is), with `must_exist` if the
+        key holds a value (not missing, not a tombstone), and, with an election, if this
+        replica holds the leader key (the fence); the txn's revision. NotFound,
+        RevisionConflict or NotLeader (all audited) otherwise."""
         audit_compare, audit_put, _ = self._audit_op(actor, action, scope, None, detail)
         compare = [audit_compare]
         if expected_revision is not None:
             compare.append(rpc.Compare(key=key, target=rpc.Compare.MOD,
                                        result=rpc.Compare.EQUAL, mod_revision=expected_revision))
+        if must_exist:  # etcd fails a value compare on a missing key: present, no tombstone
+            compare.append(rpc.Compare(key=key, target=rpc.Compare.VALUE,
+                                       result=rpc.Compare.NOT_EQUAL, value=b""))
         failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))]
         fence = self.fence
         if fence is not None:
             compare.append(rpc.Compare(key=self.leader_key, target=rpc.Compare.CREATE,
                                        result=rpc.Compare.EQUAL, create_revision=fence))
-        success = [rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value)), audit_put]
-        reply = await self.txn(compare, success, failure)
+        reply = await self.txn(compare, [op, audit_put], failure)
         if reply.succeeded:
             return reply.header.revision
         kvs = reply.responses[0].response_range.kvs
-        actual = kvs[0].mod_revision if kvs else 0
-        if expected_revision is None or actual == expected_revision:  # so the fence failed
+        found = kvs[0].mod_revision if kvs else 0
+        actual = found if kvs and kvs[0].value else 0  # a tombstone is no document
+        if must_exist and actual == 0:
+            await self.append_audit(actor=actor, action="not-found", scope=scope, revision=0,
+                                    detail="nothing to delete")
+            raise NotFound(scope)
+        if expected_revision is None or found == expected_revision:  # so the fence failed
             if fence is None:  # no fence: 48 random bits and a nanosecond clock collided
                 raise StoreError(f"{self.where}: audit key collision; retry")
             await self.append_audit(actor=actor, action="refused", scope=scope, revision=actual,
@@ -447,7 +461,8 @@ class EtcdStore(Store):
                         yield item
             except Compacted:
                 # The writes since `last` are compacted away: catch up with each key's
-                # current value instead (only the latest one matters to the followers).
+                # current value instead (only the latest one matters to the followers; an
+                # endpoint list's tombstone carries its deletion).
                 reply = await self.range(prefix, prefix_end(prefix))
                 newer = [item for item in map(decode, reply.kvs) if item.revision > last]
                 for item in sorted(newer, key=lambda item: item.revision):
@@ -458,6 +473,8 @@ class EtcdStore(Store):
 
     def _stored_endpoints(self, kv: Any) -> StoredEndpoints:
         cluster = kv.key[len(self._endpoints):].decode()
+        if not kv.value:  # a tombstone: the list was deleted at this revision
+            return StoredEndpoints(cluster, kv.mod_revision, b"", "", 0.0, deleted=True)
         try:
             value = json.loads(kv.value)
             return StoredEndpoints(cluster, kv.mod_revision, value["endpoints"].encode(),
@@ -476,14 +493,33 @@ class EtcdStore(Store):
         now = self._clock()
         value = json.dumps({"endpoints": endpoints.decode(), "actor": actor,
                             "updated_at": now}).encode()
-        revision = await self._fenced_put(
-            self._endpoints + cluster.encode(), value, expected_revision, actor=actor,
-            action="set-endpoints", scope=f"cluster/{cluster}", detail=detail)
+        key = self._endpoints + cluster.encode()
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
+        if expected_revision == 0:  # no list: no key, or a tombstone (at its revision)
+            reply = await self.range(key)
+            if reply.kvs and not reply.kvs[0].value:
+                expected_revision = reply.kvs[0].mod_revision
+        revision = await self._fenced_txn(key, put, expected_revision, actor=actor,
+                                          action="set-endpoints", scope=f"cluster/{cluster}",
+                                          detail=detail)
         return StoredEndpoints(cluster, revision, endpoints, actor, now)
+
+    async def delete_endpoints(
+        self, cluster: str, *, expected_revision: int | None = None, actor: str,
+        detail: str = "",
+    ) -> StoredEndpoints:
+        key = self._endpoints + cluster.encode()
+        now = self._clock()
+        tombstone = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=b""))
+        revision = await self._fenced_txn(key, tombstone, expected_revision, actor=actor,
+                                          action="delete-endpoints", scope=f"cluster/{cluster}",
+                                          detail=detail, must_exist=True)
+        return StoredEndpoints(cluster, revision, b"", actor, now, deleted=True)
 
     async def current_endpoints(self) -> tuple[list[StoredEndpoints], int]:
         reply = await self.range(self._endpoints, prefix_end(self._endpoints))
-        return [self._stored_endpoints(kv) for kv in reply.kvs], reply.header.revision
+        return ([self._stored_endpoints(kv) for kv in reply.kvs if kv.value],
+                reply.header.revision)
 
     def watch_endpoints(self, after_revision: int = 0) -> AsyncIterator[StoredEndpoints]:
         return self._follow(self._endpoints, self._stored_endpoints, after_revision)

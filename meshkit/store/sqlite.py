@@ -7,8 +7,9 @@ Tables:
 - `audit`: the append-only audit log (same triggers).
 - `ca_records`: the certificate authority's records by (kind, name) (meshkit/ca).
 - `endpoint_history` and `endpoints`: every endpoint-list write of the discovery feed and each
-  cluster's current one, as `history` and `desired`. Config and endpoint writes draw their
-  revisions from one counter (the larger of both histories, plus one).
+  cluster's current one, as `history` and `desired`; a deletion is a history row with
+  `deleted` set (and no row in `endpoints`). Config and endpoint writes draw their revisions
+  from one counter (the larger of both histories, plus one).
 
 A compare-and-swap runs in one `BEGIN IMMEDIATE` transaction: read the scope's revision,
 compare, append to `history`, move the pointer, append the audit row, commit. Several
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 
 from .base import (
     AuditEntry,
+    NotFound,
     RevisionConflict,
     Store,
     StoredConfig,
@@ -41,7 +43,7 @@ from .base import (
 )
 
 _T = TypeVar("_T")
-SCHEMA_VERSION = 2  # 2: endpoint lists
+SCHEMA_VERSION = 3  # 2: endpoint lists; 3: their deletions
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -81,7 +83,8 @@ CREATE TABLE IF NOT EXISTS endpoint_history (
     cluster    TEXT    NOT NULL,
     endpoints  BLOB    NOT NULL,
     actor      TEXT    NOT NULL,
-    updated_at REAL    NOT NULL
+    updated_at REAL    NOT NULL,
+    deleted    INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS endpoints (
     cluster  TEXT    PRIMARY KEY,
@@ -102,7 +105,7 @@ CREATE TRIGGER IF NOT EXISTS history_no_delete BEFORE DELETE ON history
 """
 
 _STORED_COLUMNS = "h.scope, h.revision, h.document, h.sha256, h.version, h.epoch, h.actor, h.updated_at"
-_ENDPOINT_COLUMNS = "h.cluster, h.revision, h.endpoints, h.actor, h.updated_at"
+_ENDPOINT_COLUMNS = "h.cluster, h.revision, h.endpoints, h.actor, h.updated_at, h.deleted"
 _NEXT_REVISION = (
     "SELECT MAX(COALESCE((SELECT MAX(revision) FROM history), 0),"
     " COALESCE((SELECT MAX(revision) FROM endpoint_history), 0)) + 1"
@@ -145,6 +148,10 @@ class SqliteStore(Store):
                     f"({SCHEMA_VERSION}); upgrade MeshKit"
                 )
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(endpoint_history)")}
+            if "deleted" not in columns:  # a version 2 file: no deletions yet
+                conn.execute("ALTER TABLE endpoint_history"
+                             " ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the store: {exc}") from None
@@ -332,7 +339,7 @@ class SqliteStore(Store):
 
     @staticmethod
     def _endpoints(row: tuple[Any, ...]) -> StoredEndpoints:
-        return StoredEndpoints(row[0], row[1], bytes(row[2]), row[3], row[4])
+        return StoredEndpoints(row[0], row[1], bytes(row[2]), row[3], row[4], bool(row[5]))
 
     async def put_endpoints(
         self, cluster: str, endpoints: bytes, *, expected_revision: int | None, actor: str,
@@ -378,6 +385,52 @@ class SqliteStore(Store):
         self._wake()
         return stored
 
+    async def delete_endpoints(
+        self, cluster: str, *, expected_revision: int | None = None, actor: str,
+        detail: str = "",
+    ) -> StoredEndpoints:
+        scope = f"cluster/{cluster}"
+
+        def op(conn: sqlite3.Connection) -> StoredEndpoints:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT revision FROM endpoints WHERE cluster = ?",
+                                   (cluster,)).fetchone()
+                actual = row[0] if row else 0
+                refusal: StoreError | None = None
+                if actual == 0:
+                    refusal = NotFound(scope)
+                    self._audit_row(conn, actor, "not-found", scope, 0,
+                                    "no endpoint list to delete")
+                elif expected_revision is not None and actual != expected_revision:
+                    refusal = RevisionConflict(scope, expected_revision, actual)
+                    self._audit_row(conn, actor, "conflict", scope, actual,
+                                    f"expected revision {expected_revision}")
+                if refusal is not None:  # the refusal is audited: commit that row
+                    conn.execute("COMMIT")
+                    raise refusal
+                revision = conn.execute(_NEXT_REVISION).fetchone()[0]
+                now = self._clock()
+                conn.execute(
+                    "INSERT INTO endpoint_history (revision, cluster, endpoints, actor,"
+                    " updated_at, deleted) VALUES (?, ?, x'', ?, ?, 1)",
+                    (revision, cluster, actor, now),
+                )
+                conn.execute("DELETE FROM endpoints WHERE cluster = ?", (cluster,))
+                self._audit_row(conn, actor, "delete-endpoints", scope, revision, detail)
+                conn.execute("COMMIT")
+            except (NotFound, RevisionConflict):
+                raise
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return StoredEndpoints(cluster, revision, b"", actor, now, deleted=True)
+
+        stored = await self._run(op)
+        self._wake()
+        return stored
+
     async def current_endpoints(self) -> tuple[list[StoredEndpoints], int]:
         def op(conn: sqlite3.Connection) -> tuple[list[StoredEndpoints], int]:
             def body() -> tuple[list[StoredEndpoints], int]:
@@ -385,7 +438,9 @@ class SqliteStore(Store):
                     f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints e"
                     " JOIN endpoint_history h ON h.revision = e.revision ORDER BY e.cluster"
                 ).fetchall()
-                revision = conn.execute(_NEXT_REVISION).fetchone()[0] - 1
+                # The last endpoint write or deletion: what the watch goes on from.
+                revision = conn.execute(
+                    "SELECT COALESCE(MAX(revision), 0) FROM endpoint_history").fetchone()[0]
                 return [self._endpoints(r) for r in rows], revision
 
             return self._transaction(conn, body)

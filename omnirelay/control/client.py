@@ -1,15 +1,18 @@
 """OmniRelay's config client: one ConfigWatch stream to MeshKit, on a thread of its own.
 
 Per snapshot: verify (SHA-256, then the Ed25519 signature by key id against the trust bundle)
--> epoch check (never backwards) -> decode and validate (omnirelay.config) -> build check (the
-filters, as a worker builds them) -> activate (a callable: the supervisor's reload path) ->
-persist the LKG -> ACK. Any failure is a NACK with an ErrorDetail code and the active config
-keeps serving. A Delta (announced with the Hello feature `config_delta/1`) is first turned into
-that snapshot: its base must be the document running, and the patched document re-encoded as
-canonical JSON must have the target's SHA-256 (omnirelay.config.delta); a failure there is a
-NACK with a `delta_*` code, to which MeshKit answers with the full snapshot. The stream fails
-over across the listed endpoints (plus those a server's RetryHint names) and reconnects with
-exponential backoff and full jitter, never sooner than a server's retry_after.
+-> epoch check (never backwards) -> decode and validate (omnirelay.config) -> capability check
+(what the document needs, omnirelay.config.requirements, against what this node announces in
+its Hello: MeshKit gates publishes the same way, but a forced publish or another control plane
+may still send it) -> build check (the filters, as a worker builds them) -> activate (a
+callable: the supervisor's reload path) -> persist the LKG -> ACK. Any failure is a NACK with
+an ErrorDetail code and the active config keeps serving. A Delta (announced with the Hello
+feature `config_delta/1`) is first turned into that snapshot: its base must be the document
+running, and the patched document re-encoded as canonical JSON must have the target's SHA-256
+(omnirelay.config.delta); a failure there is a NACK with a `delta_*` code, to which MeshKit
+answers with the full snapshot. The stream fails over across the listed endpoints (plus those
+a server's RetryHint names) and reconnects with exponential backoff and full jitter, never
+sooner than a server's retry_after.
 
 Status and reconciliation: a second thread sends NodeStatus reports (what runs, its source,
 the discovery generation, health) every report interval (MeshKit's StatusReply says how often)
@@ -38,6 +41,7 @@ from omnirelay.config.delta import BASE_MISMATCH, PATCH_FAILED, DeltaError, appl
 from omnirelay.config.delta import FEATURE as DELTA_FEATURE
 from omnirelay.config.delta import FORMAT as DELTA_FORMAT
 from omnirelay.config.protos import mesh_pb2, mesh_pb2_grpc
+from omnirelay.config.requirements import describe, flatten, missing
 from omnirelay.config.signing import Keyring, SignedDocument, VerificationError
 
 from .lkg import Lkg, save_lkg
@@ -47,6 +51,7 @@ log = logging.getLogger("omnirelay.control")
 # NACK codes besides the signing module's VerificationError reasons.
 STALE_EPOCH = "stale_epoch"
 INVALID_CONFIG = "invalid_config"
+MISSING_CAPABILITY = "missing_capability"
 APPLY_FAILED = "apply_failed"
 
 REPORT_INTERVAL = 10.0  # seconds between status reports until MeshKit's reply says otherwise
@@ -98,6 +103,8 @@ class ControlClient:
             node = mesh_pb2.Node.FromString(node.SerializeToString())  # the caller's stays as is
             node.capabilities.features.append(DELTA_FEATURE)
         self.node = node
+        # What this node can run, as documents' requirements name it: exactly its Hello's set.
+        self.capabilities = frozenset(flatten(node.capabilities))
         self.keyring = keyring
         self.activate = activate
         self.build_check = build_check
@@ -298,6 +305,10 @@ class ControlClient:
         except ConfigError as exc:
             return self._nack(snap, INVALID_CONFIG, "the document is invalid",
                               [str(issue) for issue in exc.issues])
+        if gaps := missing(config, self.capabilities):
+            lines = list(describe(gaps))
+            return self._nack(snap, MISSING_CAPABILITY, "this node lacks what the document "
+                              f"needs: {'; '.join(lines)}", lines)
         try:
             self.build_check(config)
         except Exception as exc:  # noqa: BLE001 - any failure to build is a refusal

@@ -34,7 +34,8 @@ class ControlOptions:
     bootstrap_timeout: float = 30.0
     report_interval: float | None = None  # status reports; None: as MeshKit's replies say
     stale_after: float = STALE_AFTER  # reconcile when not in sync for this long
-    capabilities: dict = field(default_factory=dict)  # omnirelay.admin.capabilities()
+    # omnirelay.admin.capabilities(): announced in the Hello, and what snapshots may need
+    capabilities: dict = field(default_factory=dict)
     build_version: str = ""
     # Opens a channel to an endpoint: mTLS with the node's SVID (identity.py); None: plaintext.
     channel: Callable | None = None
@@ -85,6 +86,8 @@ def run_node(opts: ControlOptions, *, build_check: Callable[[Config], Config],
         try:
             lkg = load_lkg(opts.lkg_dir, keyring)
             if lkg is not None:
+                # No capability check: this node passed it when it accepted the LKG; a binary
+                # changed since then and lacking a runtime fails this build check instead.
                 lkg_config = build_check(load_config(lkg.signed.document))
                 log.info("LKG %s: version %r epoch %d (%s)", lkg_path(opts.lkg_dir),
                          lkg.version, lkg.epoch, lkg.signed.sha256[:16])

@@ -13,6 +13,7 @@ for _dir in (_TESTS / "meshkit", _TESTS / "runtime"):
         sys.path.insert(0, str(_dir))
 
 import mkharness
+from runtime_harness import Upstream
 
 
 @pytest.fixture
@@ -24,3 +25,14 @@ def meshkit(tmp_path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def upstreams():
+    """Two plain HTTP upstreams answering with their name: {"a": port, "b": port}."""
+    a, b = Upstream("A"), Upstream("B")
+    try:
+        yield {"a": a.port, "b": b.port}
+    finally:
+        a.close()
+        b.close()

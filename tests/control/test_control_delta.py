@@ -9,7 +9,7 @@ import json
 
 import mkharness
 import pytest
-from runtime_harness import RelayProcess, Upstream, body_or_status, free_port, poll
+from runtime_harness import RelayProcess, body_or_status, free_port, poll
 
 from omnirelay.config import canonical_json, load_config
 from omnirelay.config.delta import (
@@ -41,16 +41,6 @@ def _doc(version: str, cluster: str, port: int, upstreams: dict[str, int]) -> di
                          for n, p in upstreams.items()],
         },
     }
-
-
-@pytest.fixture
-def upstreams():
-    a, b = Upstream("A"), Upstream("B")
-    try:
-        yield {"a": a.port, "b": b.port}
-    finally:
-        a.close()
-        b.close()
 
 
 def test_proxy_routes_per_a_config_that_arrived_as_a_delta(tmp_path, meshkit, upstreams):

@@ -8,8 +8,7 @@ import base64
 import json
 import signal
 
-import pytest
-from runtime_harness import RelayProcess, Upstream, body_or_status, free_port, poll, request
+from runtime_harness import RelayProcess, body_or_status, free_port, poll, request
 
 from omnirelay.config.signing import Keyring, Signer, TrustedKey
 
@@ -32,16 +31,6 @@ def _lkg_in_use(proxy: RelayProcess) -> str:
     metrics = request(admin, "/metrics")[1]
     return next(line.split()[1] for line in metrics.splitlines()
                 if line.startswith("omnirelay_config_lkg_in_use "))
-
-
-@pytest.fixture
-def upstreams():
-    a, b = Upstream("A"), Upstream("B")
-    try:
-        yield {"a": a.port, "b": b.port}
-    finally:
-        a.close()
-        b.close()
 
 
 

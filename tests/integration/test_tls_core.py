@@ -13,9 +13,10 @@ import ssl
 import struct
 
 import pytest
-from harness import Origin, make_config, pattern, read_response
+from harness import Origin, eventually, make_config, pattern, read_response
 from pki import CA
 from test_l4 import client_context
+from test_upstream_tls import curl_https
 
 import omnirelay
 import omnirelay.relay
@@ -51,12 +52,12 @@ async def open_tls(relay: omnirelay.Relay, alpn=("http/1.1",)):
         host, port, ssl=client_context(list(alpn)), server_hostname="localhost"), 5)
 
 
-async def curl(url: str, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "-m", "10", "-k", *args, url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    return proc.returncode, (out + err).decode(errors="replace")
+def blocking_get(host: str, port: int, path: str) -> tuple[ssl.SSLSocket, bytes]:
+    """A blocking TLS socket that sent GET `path` and the first bytes of the answer."""
+    raw = socket.create_connection((host, port), timeout=5)
+    tls = client_context(["http/1.1"]).wrap_socket(raw, server_hostname="localhost")
+    tls.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    return tls, tls.recv(65536)
 
 
 async def test_the_core_terminates_tls_unless_asked_not_to(ca, mode):
@@ -68,7 +69,7 @@ async def test_the_core_terminates_tls_unless_asked_not_to(ca, mode):
         else:
             assert rt.tls is None and rt.ssl is not None
         for flag, version in (("--http1.1", "1.1"), ("--http2", "2")):
-            rc, out = await curl(relay.url() + "/x", flag, "-o", "/dev/null",
+            rc, out = await curl_https(relay.url() + "/x", flag, "-o", "/dev/null",
                                  "-w", "%{http_code} %{http_version}")
             assert (rc, out) == (0, f"200 {version}"), out
         if mode == "core":
@@ -115,21 +116,14 @@ async def test_close_notify_from_the_client_closes_the_connection(ca, mode):
         loop = asyncio.get_running_loop()
 
         def exchange() -> bytes:
-            with socket.create_connection((host, port), timeout=5) as raw:
-                tls = client_context(["http/1.1"]).wrap_socket(raw, server_hostname="localhost")
-                tls.sendall(b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                first = tls.recv(65536)
-                plain = tls.unwrap()        # our close_notify, then the server's
-                assert plain.recv(1) == b""  # and the TCP connection ends
-                return first
+            tls, first = blocking_get(host, port, "/a")
+            with tls.unwrap() as plain:         # our close_notify, then the server's
+                assert plain.recv(1) == b""     # and the TCP connection ends
+            return first
 
         first = await loop.run_in_executor(None, exchange)
         assert first.startswith(b"HTTP/1.1 200")
-        for _ in range(200):
-            if not runtime(relay).connections:
-                break
-            await asyncio.sleep(0.01)
-        assert not runtime(relay).connections
+        await eventually(lambda: not runtime(relay).connections, 5, "connection closed")
 
 
 async def test_a_reset_mid_response_leaves_the_listener_serving(ca, mode):
@@ -139,15 +133,13 @@ async def test_a_reset_mid_response_leaves_the_listener_serving(ca, mode):
         loop = asyncio.get_running_loop()
 
         def reset_mid_download() -> None:
-            raw = socket.create_connection((host, port), timeout=5)
-            tls = client_context(["http/1.1"]).wrap_socket(raw, server_hostname="localhost")
-            tls.sendall(b"GET /size/33554432 HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            assert tls.recv(65536).startswith(b"HTTP/1.1 200")
+            tls, first = blocking_get(host, port, "/size/33554432")
+            assert first.startswith(b"HTTP/1.1 200")
             tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             tls.close()  # RST while the proxy is still writing
 
         await loop.run_in_executor(None, reset_mid_download)
-        rc, out = await curl(relay.url() + "/after", "-o", "/dev/null", "-w", "%{http_code}")
+        rc, out = await curl_https(relay.url() + "/after", "-o", "/dev/null", "-w", "%{http_code}")
         assert (rc, out) == (0, "200"), out
 
 
@@ -169,7 +161,7 @@ async def test_garbage_and_silent_clients_are_dropped(ca, monkeypatch):
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
         assert server.handshake_timeouts == 1
-        rc, out = await curl(relay.url() + "/ok", "-o", "/dev/null", "-w", "%{http_code}")
+        rc, out = await curl_https(relay.url() + "/ok", "-o", "/dev/null", "-w", "%{http_code}")
         assert (rc, out) == (0, "200"), out
         assert server.handshakes == 1
         (name,) = relay._listeners
@@ -198,9 +190,9 @@ async def test_filters_see_the_mtls_peer_identity(ca, mode):
             "principals": [{"spiffe_id": {"exact": spiffe}}]}}}}]
     async with Origin() as origin, omnirelay.Relay(make_config(
             origin.port, listener=listener)) as relay:
-        rc, out = await curl(relay.url() + "/id", "--cert", client_cert, "--key", client_key,
+        rc, out = await curl_https(relay.url() + "/id", "--cert", client_cert, "--key", client_key,
                              "-o", "/dev/null", "-w", "%{http_code}")
         assert (rc, out) == (0, "200"), out
-        rc, _ = await curl(relay.url() + "/id")  # no certificate: the handshake fails
+        rc, _ = await curl_https(relay.url() + "/id")  # no certificate: the handshake fails
         assert rc != 0
         assert [s.path for s in origin.seen] == ["/id"]

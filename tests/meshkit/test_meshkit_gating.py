@@ -10,9 +10,9 @@ import grpc
 import pytest
 from mkharness import document, omnirctl, wait_for
 
-from meshkit.gating import required
 from omnirelay.config import load_config
 from omnirelay.config.protos import admin_pb2, mesh_pb2
+from omnirelay.config.requirements import required
 
 WASM_FILTER = {"name": "omnirelay.filters.http.wasm", "config": {"path": "f.wasm"}}
 

@@ -197,3 +197,28 @@ def test_nodes_status_audit_and_endpoints(server):
     status, _, body = call(server, "PUT", "/v1/endpoints/web", token="read",
                            body=b'[{"address": "127.0.0.1", "port": 8080}]')
     assert status == 403
+
+
+def test_delete_endpoints(server):
+    status, _, body = call(server, "PUT", "/v1/endpoints/doomed",
+                           body=b'[{"address": "127.0.0.1", "port": 8080}]')
+    assert status == 200
+    written = body["generation"]
+    status, _, body = call(server, "DELETE", "/v1/endpoints/doomed", token="read")
+    assert status == 403 and body["error"]["code"] == "permission_denied"
+    status, _, body = call(server, "DELETE", "/v1/endpoints/doomed?expected_revision=x")
+    assert status == 400 and "expected_revision" in body["error"]["message"]
+    status, _, body = call(server, "DELETE",
+                           f"/v1/endpoints/doomed?expected_revision={written + 1000}")
+    assert status == 409 and body["error"]["code"] == "revision_conflict", body
+    status, _, body = call(server, "DELETE", f"/v1/endpoints/doomed?expected_revision={written}")
+    assert status == 200 and body["generation"] > written, body
+    deleted = body["generation"]
+    status, _, body = call(server, "GET", "/v1/endpoints?cluster=doomed", token="read")
+    assert status == 200 and body["clusters"] == [] and body["generation"] >= deleted
+    status, _, body = call(server, "DELETE", "/v1/endpoints/doomed")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    assert "'doomed' has no endpoint list" in body["error"]["message"]
+    status, _, body = call(server, "GET", "/v1/audit?scope=cluster/doomed", token="read")
+    assert [e["action"] for e in body["entries"]] == [
+        "set-endpoints", "conflict", "delete-endpoints", "not-found"]

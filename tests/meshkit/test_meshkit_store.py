@@ -1,5 +1,5 @@
 """The store interface on both backends (SqliteStore, EtcdStore on a real etcd): revisions,
-compare-and-swap, watch, append-only audit log."""
+compare-and-swap, watch, append-only audit log, endpoint lists and their deletion."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from meshkit.store import RevisionConflict, SqliteStore
+from meshkit.store import NotFound, NotLeader, RevisionConflict, SqliteStore
 
 
 @pytest.fixture(params=["sqlite", "etcd"])
@@ -231,3 +231,126 @@ async def test_endpoint_lists_survive_reopen_and_are_watched_from_other_writers(
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):
                 conn.execute(sql)
         conn.close()
+
+
+async def test_endpoint_list_deletion_is_a_watched_audited_compare_and_swap_write(open_store):
+    store = open_store(poll_interval=0.05)
+    other = open_store()  # another process (or replica) on the same file or prefix
+    try:
+        web = await _put_endpoints(store, "web", b"[1]")
+        api = await _put_endpoints(store, "api", b"[2]")
+        seen = []
+
+        async def follow():
+            async for stored in store.watch_endpoints(after_revision=api.revision):
+                seen.append((stored.cluster, stored.deleted, stored.endpoints))
+                if len(seen) == 3:
+                    return stored.revision
+
+        task = asyncio.ensure_future(follow())
+        with pytest.raises(RevisionConflict) as info:
+            await store.delete_endpoints("web", expected_revision=web.revision + 100,
+                                         actor="mallory")
+        assert (info.value.scope, info.value.actual) == ("cluster/web", web.revision)
+        gone = await store.delete_endpoints("web", expected_revision=web.revision,
+                                            actor="alice", detail="decommissioned")
+        assert gone.deleted and (gone.cluster, gone.endpoints) == ("web", b"")
+        assert gone.revision > api.revision  # a deletion is a new store revision
+        lists, revision = await store.current_endpoints()
+        assert [(s.cluster, s.revision) for s in lists] == [("api", api.revision)]
+        assert revision >= gone.revision
+
+        # Nothing to delete: a clear not-found, whether it was deleted or never there.
+        for cluster in ("web", "never"):
+            with pytest.raises(NotFound, match=f"cluster/{cluster}.*nothing to delete"):
+                await store.delete_endpoints(cluster, actor="bob")
+        with pytest.raises(NotFound):
+            await store.delete_endpoints("web", expected_revision=web.revision, actor="bob")
+
+        # Deleted means empty again: expected_revision 0 recreates it, at a newer revision.
+        back = await _put_endpoints(store, "web", b"[3]", expected=0)
+        assert back.revision > gone.revision
+        dropped = await other.delete_endpoints("api", actor="carol")  # SQLite: by polling
+        last = await asyncio.wait_for(task, 5)
+        assert seen == [("web", True, b""), ("web", False, b"[3]"), ("api", True, b"")]
+        assert last == dropped.revision > back.revision
+
+        log = [(e.actor, e.action, e.scope) for e in await store.audit_log()
+               if e.scope.startswith("cluster/") and e.action != "set-endpoints"]
+        assert log == [
+            ("mallory", "conflict", "cluster/web"),
+            ("alice", "delete-endpoints", "cluster/web"),
+            ("bob", "not-found", "cluster/web"),
+            ("bob", "not-found", "cluster/never"),
+            ("bob", "not-found", "cluster/web"),
+            ("carol", "delete-endpoints", "cluster/api"),
+        ]
+        entry = next(e for e in await store.audit_log(scope="cluster/web")
+                     if e.action == "delete-endpoints")
+        assert (entry.revision, entry.detail) == (gone.revision, "decommissioned")
+    finally:
+        await store.close()
+        await other.close()
+    reopened = open_store()
+    try:
+        lists, revision = await reopened.current_endpoints()
+        assert [(s.cluster, s.revision) for s in lists] == [("web", back.revision)]
+        assert revision >= dropped.revision
+    finally:
+        await reopened.close()
+
+
+async def test_sqlite_version_2_file_gains_deletions(tmp_path):
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(  # the endpoint tables as version 2 made them
+        "CREATE TABLE endpoint_history (revision INTEGER PRIMARY KEY, cluster TEXT NOT NULL,"
+        " endpoints BLOB NOT NULL, actor TEXT NOT NULL, updated_at REAL NOT NULL);"
+        "CREATE TABLE endpoints (cluster TEXT PRIMARY KEY, revision INTEGER NOT NULL);"
+        "INSERT INTO endpoint_history VALUES (4, 'web', x'5b5d', 'alice', 1.0);"
+        "INSERT INTO endpoints VALUES ('web', 4);"
+        "PRAGMA user_version=2;")
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        lists, revision = await store.current_endpoints()
+        assert [(s.cluster, s.revision, s.deleted) for s in lists] == [("web", 4, False)]
+        assert revision == 4
+        gone = await store.delete_endpoints("web", expected_revision=4, actor="alice")
+        assert gone.revision == 5 and (await store.current_endpoints()) == ([], 5)
+    finally:
+        await store.close()
+
+
+async def test_etcd_deletion_is_fenced_and_survives_a_compaction(etcd):
+    from aetcd import rpc
+
+    from meshkit.store.etcd import EtcdStore
+
+    prefix = f"/test/{uuid.uuid4().hex}"
+    store = EtcdStore([etcd.endpoint], prefix)
+    try:
+        web = await _put_endpoints(store, "web", b"[1]")
+        api = await _put_endpoints(store, "api", b"[2]")
+        store.fence = -1  # an election says this replica does not lead: nothing matches
+        with pytest.raises(NotLeader):
+            await store.delete_endpoints("web", actor="alice")
+        assert [s.cluster for s in (await store.current_endpoints())[0]] == ["api", "web"]
+        store.fence = None
+        assert ("alice", "refused") in {(e.actor, e.action) for e in
+                                        await store.audit_log(scope="cluster/web")}
+
+        # A watcher that held both lists falls behind a compaction that swallowed the
+        # deletion of web: the catch-up still reports it (the key's tombstone), in order.
+        gone = await store.delete_endpoints("web", actor="alice")
+        api2 = await _put_endpoints(store, "api", b"[3]", expected=api.revision)
+        await store.call("KV", "Compact", rpc.CompactionRequest(revision=api2.revision))
+        seen = []
+        async for stored in store.watch_endpoints(after_revision=api.revision):
+            seen.append((stored.cluster, stored.deleted, stored.endpoints))
+            if len(seen) == 2:
+                break
+        assert seen == [("web", True, b""), ("api", False, b"[3]")]
+        assert gone.revision > web.revision
+    finally:
+        await store.close()
