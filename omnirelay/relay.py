@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 import time
 from collections.abc import Iterable, Mapping
@@ -26,7 +25,6 @@ from omnirelay._core import (
     L4ListenerState,
     ListenerRuntime,
     TlsServer,
-    core_tls_unavailable,
     pool_stats,
 )
 from omnirelay.admin import AdminApp, AsyncAdminServer, RelaySource
@@ -40,7 +38,7 @@ from omnirelay.extensions.status import extension_series, extension_status
 from omnirelay.extensions.wasm.shared import metric_series as wasm_metric_series
 from omnirelay.extensions.watch import PackageWatcher
 from omnirelay.runtime.build import BuiltConfig, TableBuilder
-from omnirelay.runtime.tls import ServerTls
+from omnirelay.runtime.tls import ServerTls, core_tls_reason
 from omnirelay.telemetry import snapshot
 from omnirelay.telemetry.accesslog import access_log_series
 from omnirelay.telemetry.tap import TapHub
@@ -70,14 +68,6 @@ def _kind(lst: Listener) -> str:
 
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds from accept to a finished TLS handshake (core TLS)
-
-
-def core_tls_reason() -> str | None:
-    """Why TLS listeners use the event loop's TLS instead of the core's, or None.
-    OMNIRELAY_CORE_TLS=0 asks for the event loop's (a fallback, and for A/B measurements)."""
-    if os.environ.get("OMNIRELAY_CORE_TLS", "1") == "0":
-        return "OMNIRELAY_CORE_TLS=0"
-    return core_tls_unavailable()
 
 
 class _TlsSwitch:
@@ -173,7 +163,7 @@ class Relay:
         reason = core_tls_reason()
         self._core_tls = reason is None
         if reason is not None and self._built.tls:
-            log.info("TLS listeners use the event loop's TLS: %s", reason)
+            log.info("TLS listeners and clusters use the event loop's TLS: %s", reason)
         self._ports = dict(ports or {})
         self._listeners: dict[str, ListenerRuntime | L4ListenerRuntime] = {}
         self._bound: dict[str, tuple[str, int]] = {}

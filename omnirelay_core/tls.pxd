@@ -14,10 +14,21 @@ cdef class TlsServer:
     cdef SSL_CTX* front_ctx
 
 
+cdef class TlsClient:
+    """A cluster's upstream TLS: its ssl.SSLContext (verification, client certificate,
+    ALPN) driven by the core."""
+    cdef readonly object context
+    cdef readonly bint check_hostname
+    cdef SSL_CTX* ctx
+
+
 cdef class TlsProtocol:
     """One TLS connection: the asyncio protocol of the TCP transport below (ciphertext) and
     the transport of the core connection above (plaintext)."""
-    cdef TlsServer server
+    cdef TlsServer server               # a downstream connection's listener, or None
+    cdef TlsClient client               # an upstream connection's cluster, or None
+    cdef str hostname                   # client: the name verified and sent as SNI
+    cdef readonly object handshake_done # client: a future, its exception the failure
     cdef SSL* ssl
     cdef BIO* rbio
     cdef BIO* wbio
@@ -34,6 +45,7 @@ cdef class TlsProtocol:
 
     cdef int process(self) except -1
     cdef int handshake(self) except -1
+    cdef int client_names(self) except -1
     cdef int read_records(self) except -1
     cdef int flush(self) except -1
     cdef int fail(self, str what) except -1

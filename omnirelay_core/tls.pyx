@@ -9,6 +9,7 @@
 # context the current config wants for that name (or to refuse, when its material has
 # expired) and switches to it, as uvloop's SSLProtocol path does through sni_callback.
 import asyncio
+import ipaddress
 import logging
 import ssl as _ssl_module
 
@@ -38,7 +39,9 @@ _FUNCTIONS = (
     "SSL_CIPHER_get_name", "SSL_CIPHER_get_bits", "SSL_CTX_ctrl", "SSL_CTX_callback_ctrl",
     "SSL_CTX_get_options", "SSL_CTX_get_verify_mode", "BIO_s_mem", "BIO_new", "BIO_write",
     "BIO_read", "BIO_ctrl", "i2d_X509", "X509_free", "ERR_get_error", "ERR_error_string_n",
-    "ERR_clear_error",
+    "ERR_clear_error", "SSL_set_connect_state", "SSL_ctrl", "SSL_get0_param",
+    "X509_VERIFY_PARAM_set1_host", "X509_VERIFY_PARAM_set1_ip", "X509_verify_cert_error_string",
+    "ERR_reason_error_string",
 )
 
 
@@ -100,6 +103,15 @@ cdef str _error_text():
     return (<bytes>buf).decode("ascii", "replace")
 
 
+cdef str _reason_text():
+    """The reason of the oldest queued OpenSSL error ("certificate verify failed"), and
+    clear the queue."""
+    cdef unsigned long e = api.ERR_get_error()
+    cdef const char* text = api.ERR_reason_error_string(e) if e else NULL
+    api.ERR_clear_error()
+    return "handshake failed" if text == NULL else (<bytes>text).decode("ascii", "replace")
+
+
 cdef int _on_server_name(SSL* s, int* alert, void* arg) noexcept with gil:
     # Every ClientHello, with or without SNI: the current config's context for that name.
     cdef void* owner = api.SSL_get_ex_data(s, 0)
@@ -130,24 +142,29 @@ _VERIFY_MODES = {0: _ssl_module.CERT_NONE, 1: _ssl_module.CERT_OPTIONAL,
                  3: _ssl_module.CERT_REQUIRED}
 
 
+cdef int _check_context(object context, SSL_CTX* ctx) except -1:
+    # The pointer and the functions must be the ssl module's own: compare what both report
+    # for this context before driving it.
+    cdef long min_version = api.SSL_CTX_ctrl(ctx, SSL_CTRL_GET_MIN_PROTO_VERSION, 0, NULL)
+    if (api.SSL_CTX_get_options(ctx) != <uint64_t>context.options
+            or _VERIFY_MODES.get(api.SSL_CTX_get_verify_mode(ctx)) != context.verify_mode
+            or (min_version > 0 and min_version != context.minimum_version)):
+        raise RuntimeError("TLS in the core is unavailable: the ssl module's context does "
+                           "not have the expected layout")
+    if context.keylog_filename is not None or getattr(context, "_msg_callback", None):
+        # Those callbacks expect Python's own SSL objects.
+        raise RuntimeError("TLS in the core does not support keylog_filename or "
+                           "_msg_callback on the context")
+    return 0
+
+
 cdef class TlsServer:
 
     def __init__(self, front, select, double handshake_timeout=10.0):
         if _unavailable is not None:
             raise RuntimeError(f"TLS in the core is unavailable: {_unavailable}")
         cdef SSL_CTX* ctx = _ctx_of(front)
-        # The pointer and the functions must be the ssl module's own: compare what both
-        # report for this context before driving it.
-        cdef long min_version = api.SSL_CTX_ctrl(ctx, SSL_CTRL_GET_MIN_PROTO_VERSION, 0, NULL)
-        if (api.SSL_CTX_get_options(ctx) != <uint64_t>front.options
-                or _VERIFY_MODES.get(api.SSL_CTX_get_verify_mode(ctx)) != front.verify_mode
-                or (min_version > 0 and min_version != front.minimum_version)):
-            raise RuntimeError("TLS in the core is unavailable: the ssl module's context "
-                               "does not have the expected layout")
-        if front.keylog_filename is not None or getattr(front, "_msg_callback", None):
-            # Those callbacks expect Python's own SSL objects.
-            raise RuntimeError("TLS in the core does not support keylog_filename or "
-                               "_msg_callback on the listener context")
+        _check_context(front, ctx)
         self.front = front
         self.select = select
         self.handshake_timeout = handshake_timeout
@@ -162,6 +179,45 @@ cdef class TlsServer:
         p.server = self
         p.app = app
         return p
+
+
+cdef class TlsClient:
+
+    def __init__(self, context):
+        if _unavailable is not None:
+            raise RuntimeError(f"TLS in the core is unavailable: {_unavailable}")
+        cdef SSL_CTX* ctx = _ctx_of(context)
+        _check_context(context, ctx)
+        self.context = context
+        self.check_hostname = context.check_hostname
+        self.ctx = ctx
+
+    def protocol(self, Connection app, str server_hostname):
+        """A TlsProtocol that connects `app` once the handshake with `server_hostname` (SNI
+        unless an IP address; verified against the certificate when the context checks host
+        names) is done; await its `handshake_done`."""
+        cdef TlsProtocol p = TlsProtocol.__new__(TlsProtocol)
+        p.client = self
+        p.app = app
+        p.hostname = server_hostname
+        p.handshake_done = asyncio.get_running_loop().create_future()
+        return p
+
+
+def _handshake_error(str reason, long verify_result):
+    """The ssl module's exception for a failed client handshake, with its attributes."""
+    cdef const char* text
+    if verify_result != X509_V_OK:
+        text = api.X509_verify_cert_error_string(verify_result)
+        message = "unknown" if text == NULL else (<bytes>text).decode("ascii", "replace")
+        exc = _ssl_module.SSLCertVerificationError(1, f"certificate verify failed: {message}")
+        exc.reason = "CERTIFICATE_VERIFY_FAILED"
+        exc.verify_message = message
+        exc.verify_code = verify_result
+        return exc
+    exc = _ssl_module.SSLError(1, reason)
+    exc.reason = reason
+    return exc
 
 
 cdef enum:
@@ -189,7 +245,8 @@ cdef class TlsProtocol:
 
     # ------------------------------------------------------------ TCP side (ciphertext)
     def connection_made(self, transport):
-        cdef SSL* s = api.SSL_new(self.server.front_ctx)
+        cdef SSL* s = api.SSL_new(self.server.front_ctx if self.server is not None
+                                  else self.client.ctx)
         self.transport = transport
         self._twrite = transport.write
         if s == NULL:
@@ -209,12 +266,39 @@ cdef class TlsProtocol:
         api.BIO_ctrl(self.rbio, BIO_C_SET_BUF_MEM_EOF_RETURN, -1, NULL)
         api.BIO_ctrl(self.wbio, BIO_C_SET_BUF_MEM_EOF_RETURN, -1, NULL)
         api.SSL_set_bio(s, self.rbio, self.wbio)
+        if self.client is not None:
+            self.context = self.client.context
+            api.SSL_set_connect_state(s)
+            self.client_names()
+            self.handshake()        # the ClientHello
+            return
         api.SSL_set_ex_data(s, 0, <void*>self)    # for _on_server_name
         api.SSL_set_accept_state(s)
         if self.server.handshake_timeout > 0:
             self.timer = asyncio.get_running_loop().call_later(
                 self.server.handshake_timeout, self._handshake_expired)
         self.context = self.server.front
+
+    cdef int client_names(self) except -1:
+        # As the ssl module does: SNI for a DNS name only; the name or the IP address is
+        # what the certificate must match when the context checks host names.
+        cdef bytes packed = None
+        cdef bytes name = self.hostname.encode("idna")
+        try:
+            packed = ipaddress.ip_address(self.hostname).packed
+        except ValueError:
+            api.SSL_ctrl(self.ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+                         <char*>name)
+        if not self.client.check_hostname:
+            return 0
+        if packed is not None:
+            ok = api.X509_VERIFY_PARAM_set1_ip(api.SSL_get0_param(self.ssl),
+                                               <const unsigned char*>packed, len(packed))
+        else:
+            ok = api.X509_VERIFY_PARAM_set1_host(api.SSL_get0_param(self.ssl), name, len(name))
+        if not ok:
+            raise ValueError(f"cannot verify the host name {self.hostname!r}: {_error_text()}")
+        return 0
 
     def get_buffer(self, Py_ssize_t sizehint):
         return _rx_view
@@ -238,6 +322,9 @@ cdef class TlsProtocol:
 
     def connection_lost(self, exc):
         self.state = ST_CLOSED
+        if self.handshake_done is not None and not self.handshake_done.done():
+            self.handshake_done.set_exception(exc or ConnectionResetError(
+                "the connection closed during the TLS handshake"))
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -274,19 +361,26 @@ cdef class TlsProtocol:
         cdef int err
         if r == 1:
             self.state = ST_OPEN
-            self.server.handshakes += 1
+            if self.server is not None:
+                self.server.handshakes += 1
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None
-            self.flush()        # the server's last flight and session tickets
+            self.flush()        # the last flight (and a server's session tickets)
             self.app_connected = True
             self.app.connection_made(self)
+            if self.handshake_done is not None and not self.handshake_done.done():
+                self.handshake_done.set_result(None)
             return 0
         err = api.SSL_get_error(self.ssl, r)
         if err == SSL_ERROR_WANT_READ:
             self.flush()
             return 0
-        self.server.handshake_failures += 1
+        if self.server is not None:
+            self.server.handshake_failures += 1
+        if self.handshake_done is not None and not self.handshake_done.done():
+            self.handshake_done.set_exception(_handshake_error(
+                _reason_text(), api.SSL_get_verify_result(self.ssl)))
         self.fail("handshake")
         return 0
 
@@ -463,11 +557,11 @@ cdef class TlsInfo:
 
     @property
     def server_side(self):
-        return True
+        return self.proto.server is not None
 
     @property
     def server_hostname(self):
-        return None
+        return self.proto.hostname
 
     def selected_alpn_protocol(self):
         cdef const unsigned char* p = NULL

@@ -83,6 +83,7 @@ cdef class Cluster:
     cdef public bint h2
     # TLS origination (None: cleartext): context, SNI, allowed peer SPIFFE IDs
     cdef readonly object ssl_context
+    cdef readonly object tls_client     # a tls.TlsClient: upstream TLS driven by the core
     cdef readonly str tls_sni
     cdef readonly tuple spiffe_allow
     cdef public unsigned int h2_max_concurrent_streams

@@ -12,7 +12,9 @@ from omnirelay_core.includes.llhttp cimport HPE_OK, HPE_PAUSED, HPE_PAUSED_UPGRA
 from omnirelay_core.headers cimport HeaderMap
 from omnirelay_core.connection cimport Connection, monotonic
 from omnirelay_core.http1 cimport Http1Parser
+from omnirelay_core.tls cimport TlsClient, TlsProtocol
 
+from omnirelay_core.tls import unavailable as tls_unavailable
 from omnirelay_core.errors import (UpstreamUnavailable, UpstreamReset,
                                    UpstreamProtocolError, UpstreamTimeout)
 
@@ -266,11 +268,15 @@ cdef class Cluster:
         self.h2_initial_stream_window = initial_stream_window
         self.h2_initial_connection_window = initial_connection_window
 
-    def set_tls(self, ssl_context=None, str sni=None, allowed_spiffe_ids=()):
-        """Originate TLS to the endpoints (None: cleartext). Pooled connections keep
-        the context they were made with; new ones use this one."""
+    def set_tls(self, ssl_context=None, str sni=None, allowed_spiffe_ids=(), bint core=True):
+        """Originate TLS to the endpoints (None: cleartext), in the core unless `core` is
+        false or it cannot be (then the event loop's TLS). Pooled connections keep the
+        context they were made with; new ones use this one."""
         if ssl_context is not self.ssl_context:
             self.close_idle()
+            self.tls_client = None
+            if ssl_context is not None and core and tls_unavailable() is None:
+                self.tls_client = TlsClient(ssl_context)
         self.ssl_context = ssl_context
         self.tls_sni = sni
         self.spiffe_allow = tuple(allowed_spiffe_ids)
@@ -562,16 +568,22 @@ async def open_connection(Endpoint ep, protocol):
     it (SNI, verification, ALPN, the SPIFFE allow list). Counts the connection in
     open_connections once it exists; raises UpstreamUnavailable saying what failed."""
     cdef Cluster cl = ep.cluster
+    cdef TlsProtocol tls_protocol = None
     loop = asyncio.get_running_loop()
     kw = {}
-    if cl.ssl_context is not None:
+    if cl.tls_client is not None:
+        tls_protocol = (<TlsClient>cl.tls_client).protocol(protocol, cl.tls_sni or ep.host)
+        protocol = tls_protocol
+    elif cl.ssl_context is not None:
         kw["ssl"] = cl.ssl_context
         kw["server_hostname"] = cl.tls_sni or ep.host
     where = f"{ep.host}:{ep.port}"
     try:
-        transport, _ = await asyncio.wait_for(
-            loop.create_connection(lambda: protocol, ep.host, ep.port, **kw), cl.connect_timeout)
+        transport, _ = await asyncio.wait_for(_connect_and_handshake(
+            loop, protocol, ep.host, ep.port, kw, tls_protocol), cl.connect_timeout)
     except asyncio.TimeoutError:
+        if tls_protocol is not None:
+            tls_protocol.abort()
         raise UpstreamUnavailable(f"connect to {where} timed out",
                                   reason="upstream_connect_timeout") from None
     except ssl.SSLError as e:
@@ -601,6 +613,17 @@ async def open_connection(Endpoint ep, protocol):
         raise UpstreamUnavailable(f"upstream {where} did not negotiate h2 by ALPN",
                                   reason="upstream_alpn_mismatch")
     return transport
+
+
+async def _connect_and_handshake(loop, protocol, str host, int port, dict kw,
+                                 TlsProtocol tls_protocol):
+    # The event loop's TLS finishes its handshake inside create_connection; the core's
+    # finishes after it, on the same deadline.
+    transport, _ = await loop.create_connection(lambda: protocol, host, port, **kw)
+    if tls_protocol is None:
+        return transport, protocol
+    await tls_protocol.handshake_done
+    return tls_protocol, tls_protocol.get_protocol()    # the app's transport is the TLS layer
 
 
 def _uri_sans(cert):

@@ -47,6 +47,8 @@ TARGET = 0.6  # OmniRelay keep-alive requests/s over nginx's, both terminating T
 # omnirelay-tls terminates TLS in the core; omnirelay-tls-loop is the same proxy with
 # OMNIRELAY_CORE_TLS=0, i.e. uvloop's SSLProtocol (the fallback), for an A/B in the same run.
 PEERS = ("nginx-tls", "omnirelay-tls", "omnirelay-tls-loop")
+# --scenario originate: plaintext in, TLS toward the upstream (verified, kept alive).
+ORIGINATE_PEERS = ("nginx-to-tls", "omnirelay-to-tls", "omnirelay-to-tls-loop")
 
 
 def write_certificate(tmp: Path) -> tuple[str, str]:
@@ -79,6 +81,39 @@ def omnirelay_tls_config(port: int, upstream_port: int, cert: tuple[str, str]) -
     return plain.replace(listener, (
         f"    - name: bench\n      address: {HOST}\n      port: {port}\n"
         f"      tls: {{cert_file: {cert[0]}, key_file: {cert[1]}, alpn: [http/1.1]}}\n"))
+
+
+def tls_upstream_conf(tmp: Path, port: int, cert: tuple[str, str]) -> str:
+    """The origin again, but serving the small body over TLS (keep-alive)."""
+    body = e2e.SMALL_BODY.decode().replace("\n", "\\n")
+    return e2e.nginx_conf("upstream-tls", tmp, f"""\
+        listen {HOST}:{port} ssl backlog=4096;
+        ssl_certificate {cert[0]};
+        ssl_certificate_key {cert[1]};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{ return 200 "{body}"; }}""")
+
+
+def nginx_to_tls_conf(tmp: Path, port: int, upstream_port: int, cert: tuple[str, str]) -> str:
+    """run.py's nginx proxy, speaking verified TLS to the upstream (sessions reused)."""
+    plain = e2e.nginx_proxy_conf(tmp, port, upstream_port)
+    assert "proxy_pass http://backend;" in plain, plain
+    return plain.replace("proxy_pass http://backend;", (
+        "proxy_pass https://backend;\n"
+        "            proxy_ssl_verify on;\n"
+        f"            proxy_ssl_trusted_certificate {cert[0]};\n"
+        "            proxy_ssl_server_name on;\n"
+        "            proxy_ssl_name localhost;\n"
+        "            proxy_ssl_session_reuse on;"))
+
+
+def omnirelay_to_tls_config(port: int, upstream_port: int, cert: tuple[str, str]) -> str:
+    """run.py's OmniRelay config with `tls` on its cluster (verified, SNI localhost)."""
+    plain = e2e.omnirelay_config(port, upstream_port)
+    endpoints = f"endpoints: [{{address: {HOST}, port: {upstream_port}}}]}}"
+    assert endpoints in plain, plain
+    return plain.replace(endpoints, endpoints[:-1] + (
+        f", tls: {{ca_file: {cert[0]}, sni: localhost}}}}"))
 
 
 def nginx_tls_conf(tmp: Path, port: int, upstream_port: int, cert: tuple[str, str]) -> str:
@@ -163,29 +198,51 @@ def summary(runs: list[dict]) -> dict:
     }
 
 
+def _omnirelay(b, name: str, config: str, *, loop_tls: bool = False) -> list[str]:
+    return [*(["env", "OMNIRELAY_CORE_TLS=0"] if loop_tls else []), b.omnirelay, "run",
+            "--workers", "1", "--config", b.write(f"{name}.yaml", config)]
+
+
 def run(args, procs: e2e.Processes, tmp: Path) -> dict:
     bench = e2e.start_upstream(args, procs, tmp)
     cert = write_certificate(tmp)
-    builds = {
-        "nginx-tls": lambda b, port: b.nginx_argv(
-            "nginx-tls", nginx_tls_conf(b.tmp, port, b.upstream_port, cert)),
-        "omnirelay-tls": lambda b, port: [
-            b.omnirelay, "run", "--workers", "1", "--config",
-            b.write("omnirelay-tls.yaml", omnirelay_tls_config(port, b.upstream_port, cert))],
-        "omnirelay-tls-loop": lambda b, port: [
-            "env", "OMNIRELAY_CORE_TLS=0", b.omnirelay, "run", "--workers", "1", "--config",
-            b.write("omnirelay-tls-loop.yaml",
-                    omnirelay_tls_config(port, b.upstream_port, cert))],
-    }
+    if args.scenario == "originate":
+        up = e2e.free_port()
+        try:
+            https_ready(up, procs.start("upstream-tls", bench.nginx_argv(
+                "upstream-tls", tls_upstream_conf(tmp, up, cert))), args.ready_timeout)
+        except (e2e.PeerError, OSError) as exc:
+            raise SystemExit(f"TLS upstream failed: {exc}\n{procs.tail('upstream-tls')}") from None
+        builds = {
+            "nginx-to-tls": lambda b, port: b.nginx_argv(
+                "nginx-to-tls", nginx_to_tls_conf(b.tmp, port, up, cert)),
+            "omnirelay-to-tls": lambda b, port: _omnirelay(
+                b, "omnirelay-to-tls", omnirelay_to_tls_config(port, up, cert)),
+            "omnirelay-to-tls-loop": lambda b, port: _omnirelay(
+                b, "omnirelay-to-tls-loop", omnirelay_to_tls_config(port, up, cert),
+                loop_tls=True),
+        }
+        ready, peers = e2e.wait_ready, args.peers or ",".join(ORIGINATE_PEERS)
+    else:
+        builds = {
+            "nginx-tls": lambda b, port: b.nginx_argv(
+                "nginx-tls", nginx_tls_conf(b.tmp, port, b.upstream_port, cert)),
+            "omnirelay-tls": lambda b, port: _omnirelay(
+                b, "omnirelay-tls", omnirelay_tls_config(port, b.upstream_port, cert)),
+            "omnirelay-tls-loop": lambda b, port: _omnirelay(
+                b, "omnirelay-tls-loop", omnirelay_tls_config(port, b.upstream_port, cert),
+                loop_tls=True),
+        }
+        ready, peers = https_ready, args.peers or ",".join(PEERS)
     failed: dict[str, str] = {}
     ports: dict[str, int] = {}
     pids: dict[str, int] = {}
-    for name in args.peers.split(","):
+    for name in peers.split(","):
         port = e2e.free_port()
         argv = builds[name](bench, port)
         try:
             proc = procs.start(name, argv)
-            https_ready(port, proc, args.ready_timeout)
+            ready(port, proc, args.ready_timeout)
         except (e2e.PeerError, OSError) as exc:
             failed[name] = f"{exc}\n{procs.tail(name)}".strip()
             e2e.log(f"{name}: FAILED to start: {failed[name]}")
@@ -194,6 +251,8 @@ def run(args, procs: e2e.Processes, tmp: Path) -> dict:
         pids[name] = proc.pid
         e2e.log(f"{name}: pid {proc.pid} on {HOST}:{port}: {' '.join(argv)}")
 
+    if args.scenario == "originate":
+        return _originate(args, ports, pids, failed)
     cases = {"keepalive": (args.connections, False),
              "handshakes": (args.handshake_connections, True)}
     results: dict[str, dict[str, list[dict]]] = {c: {n: [] for n in ports} for c in cases}
@@ -259,6 +318,53 @@ def run(args, procs: e2e.Processes, tmp: Path) -> dict:
     }
 
 
+def _originate(args, ports: dict[str, int], pids: dict[str, int], failed: dict[str, str]) -> dict:
+    """Keep-alive requests/s and CPU per request, plaintext wrk in, TLS to the upstream."""
+    runs: dict[str, list[dict]] = {n: [] for n in ports}
+    for rnd in range(args.rounds):
+        for name in e2e.rotated(list(ports), rnd):
+            if name in failed:
+                continue
+            try:
+                if args.warmup:
+                    e2e.run_wrk(args.wrk, ports[name], e2e.SMALL_PATH, args.connections,
+                                args.warmup)
+                cpu = session_cpu(pids[name])
+                res = e2e.run_wrk(args.wrk, ports[name], e2e.SMALL_PATH, args.connections,
+                                  args.duration)
+                res["cpu_us_per_request"] = (session_cpu(pids[name]) - cpu) * 1e6 / max(
+                    1, res["requests"])
+            except e2e.PeerError as exc:
+                failed[name] = str(exc)
+                e2e.log(f"{name}: FAILED: {exc}")
+                continue
+            runs[name].append(res)
+            e2e.log(f"round {rnd + 1}/{args.rounds} {name:21} {res['rps']:.0f} req/s "
+                    f"p99 {res['p99_ms']:.3f} ms {res['cpu_us_per_request']:.1f} us CPU/req")
+    out = {n: summary(r) for n, r in runs.items() if r and n not in failed}
+
+    def ratio(a: str, b: str, key: str) -> float | None:
+        return e2e._ratio(out.get(a, {}).get(key), out.get(b, {}).get(key))
+
+    return {
+        "benchmark": "omnirelay-e2e-tls-originate",
+        "settings": {**e2e.common_settings(args), "connections": args.connections,
+                     "upstream": "nginx over TLS (ECDSA P-256, verified, SNI localhost)",
+                     "openssl": ssl.OPENSSL_VERSION},
+        "keepalive": out,
+        "ratios": {
+            "omnirelay_over_nginx_rps": ratio("omnirelay-to-tls", "nginx-to-tls", "rps"),
+            "core_over_loop_tls_rps": ratio("omnirelay-to-tls", "omnirelay-to-tls-loop", "rps"),
+            "omnirelay_over_nginx_cpu_per_request": ratio(
+                "omnirelay-to-tls", "nginx-to-tls", "cpu_us_per_request"),
+            "loop_over_nginx_cpu_per_request": ratio(
+                "omnirelay-to-tls-loop", "nginx-to-tls", "cpu_us_per_request"),
+        },
+        "target": None,
+        "failed_peers": failed,
+    }
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     venv_bin = Path(sys.executable).parent
     p = argparse.ArgumentParser(description="OmniRelay vs nginx, both terminating TLS.")
@@ -268,8 +374,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=50, help="wrk -c for keep-alive")
     p.add_argument("--handshake-connections", type=int, default=16,
                    help="wrk -c for the new-connection-per-request case")
-    p.add_argument("--peers", default=",".join(PEERS),
-                   help=f"comma-separated subset of {', '.join(PEERS)}")
+    p.add_argument("--scenario", choices=("terminate", "originate"), default="terminate",
+                   help="terminate: TLS from wrk to the proxy (the default); originate: "
+                        "plaintext in, verified TLS from the proxy to a TLS upstream")
+    p.add_argument("--peers", default="",
+                   help=f"comma-separated subset of {', '.join(PEERS)} (terminate) or "
+                        f"{', '.join(ORIGINATE_PEERS)} (originate); default: all")
     p.add_argument("--ready-timeout", type=float, default=e2e.READY_TIMEOUT)
     p.add_argument("--omnirelay", default=str(venv_bin / "omnirelay"), help="omnirelay executable")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
@@ -309,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     if result["failed_peers"]:
         return 1
-    if args.check_targets and not result["target"]["met"]:
+    if args.check_targets and result["target"] and not result["target"]["met"]:
         return 2
     return 0
 

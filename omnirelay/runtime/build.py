@@ -31,7 +31,12 @@ from omnirelay.config.model import Endpoint, Listener, Route
 from omnirelay.config.model import HeaderEdits as HeaderEditsSpec
 from omnirelay.extensions.packages import use_trust
 from omnirelay.filters.registry import build_chain, build_factory
-from omnirelay.runtime.tls import ServerTls, build_client_contexts, build_tls_contexts
+from omnirelay.runtime.tls import (
+    ServerTls,
+    build_client_contexts,
+    build_tls_contexts,
+    core_tls_reason,
+)
 from omnirelay.security.upstream import publish_clusters
 from omnirelay.telemetry.accesslog import AccessLogger
 from omnirelay.telemetry.tap import TapHub
@@ -95,7 +100,8 @@ class TableBuilder:
             core.set_http2(c.protocol == "http2", h2.max_concurrent_streams,
                            h2.initial_stream_window_size, h2.initial_connection_window_size)
             core.set_tls(cluster_tls.get(c.name), c.tls.sni if c.tls else None,
-                         c.tls.allowed_spiffe_ids if c.tls else ())
+                         c.tls.allowed_spiffe_ids if c.tls else (),
+                         core=core_tls_reason() is None)
             discovered = self.discovered.get(c.name)
             if c.discovery is None or discovered is None:
                 # A discovery-fed cluster keeps what its feed said across reloads.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import re
 import ssl
 from collections.abc import Mapping, Sequence
@@ -30,12 +31,21 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from omnirelay._core import core_tls_unavailable
 from omnirelay.config import ConfigError, ConfigIssue
 from omnirelay.config.model import Cluster, Listener, TlsContext, UpstreamTls
 
 log = logging.getLogger("omnirelay.tls")
 
 EXPIRY_WARNING = datetime.timedelta(days=7)
+
+
+def core_tls_reason() -> str | None:
+    """Why TLS (listeners and clusters) uses the event loop's TLS instead of the core's, or
+    None. OMNIRELAY_CORE_TLS=0 asks for the event loop's (a fallback, and for A/B runs)."""
+    if os.environ.get("OMNIRELAY_CORE_TLS", "1") == "0":
+        return "OMNIRELAY_CORE_TLS=0"
+    return core_tls_unavailable()
 
 
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}

@@ -13,6 +13,7 @@ cdef extern from *:
     typedef struct bio_method_st BIO_METHOD;
     typedef struct x509_st X509;
     typedef struct ssl_cipher_st SSL_CIPHER;
+    typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
     """
     ctypedef struct SSL
     ctypedef struct SSL_CTX
@@ -20,6 +21,7 @@ cdef extern from *:
     ctypedef struct BIO_METHOD
     ctypedef struct X509
     ctypedef struct SSL_CIPHER
+    ctypedef struct X509_VERIFY_PARAM
 
 # SSL_get_error
 cdef enum:
@@ -37,6 +39,7 @@ cdef enum:
     SSL_CTRL_SET_TLSEXT_SERVERNAME_CB = 53
     SSL_CTRL_SET_TLSEXT_SERVERNAME_ARG = 54
     SSL_CTRL_GET_MIN_PROTO_VERSION = 130
+    SSL_CTRL_SET_TLSEXT_HOSTNAME = 55
     TLSEXT_NAMETYPE_host_name = 0
     SSL_TLSEXT_ERR_OK = 0
     SSL_TLSEXT_ERR_ALERT_FATAL = 2
@@ -85,3 +88,11 @@ ctypedef struct OpenSSLApi:
     unsigned long (*ERR_get_error)() noexcept nogil
     void (*ERR_error_string_n)(unsigned long, char*, size_t) noexcept nogil
     void (*ERR_clear_error)() noexcept nogil
+    # the client side (upstream TLS)
+    void (*SSL_set_connect_state)(SSL*) noexcept nogil
+    long (*SSL_ctrl)(SSL*, int, long, void*) noexcept nogil
+    X509_VERIFY_PARAM* (*SSL_get0_param)(SSL*) noexcept nogil
+    int (*X509_VERIFY_PARAM_set1_host)(X509_VERIFY_PARAM*, const char*, size_t) noexcept nogil
+    int (*X509_VERIFY_PARAM_set1_ip)(X509_VERIFY_PARAM*, const unsigned char*, size_t) noexcept nogil
+    const char* (*X509_verify_cert_error_string)(long) noexcept nogil
+    const char* (*ERR_reason_error_string)(unsigned long) noexcept nogil

@@ -16,7 +16,7 @@ import pytest
 from harness import Origin, eventually, make_config, pattern, read_response
 from pki import CA
 from test_l4 import client_context
-from test_upstream_tls import curl_https
+from test_upstream_tls import curl_https, tls_cluster, tls_origin
 
 import omnirelay
 import omnirelay.relay
@@ -196,3 +196,24 @@ async def test_filters_see_the_mtls_peer_identity(ca, mode):
         rc, _ = await curl_https(relay.url() + "/id")  # no certificate: the handshake fails
         assert rc != 0
         assert [s.path for s in origin.seen] == ["/id"]
+
+
+async def test_upstream_tls_is_driven_by_the_core_and_checks_ip_addresses(ca, mode):
+    # No `sni`: the endpoint's IP address is what the certificate must name (and no SNI is
+    # sent, as for the ssl module).
+    good_cert, good_key = ca.issue("by-ip", "127.0.0.1")
+    bad_cert, bad_key = ca.issue("other-ip", "10.9.9.9")
+    for cert, key, status in ((good_cert, good_key, 200), (bad_cert, bad_key, 503)):
+        async with tls_origin(cert, key) as (port, seen), omnirelay.Relay(make_config(
+                cluster=tls_cluster(port, ca_file=ca.cert_file))) as relay:
+            core = relay._builder.clusters["c"]
+            assert (core.tls_client is not None) == (mode == "core")
+            rc, out = await curl_https(relay.url() + "/ip", "-o", "/dev/null",
+                                       "-w", "%{http_code}")
+            assert (rc, out) == (0, str(status)), out
+            assert seen["sni"] and set(seen["sni"]) == {None}
+    # The refusal says why, as the ssl module would.
+    async with tls_origin(bad_cert, bad_key) as (port, _), omnirelay.Relay(make_config(
+            cluster=tls_cluster(port, ca_file=ca.cert_file))) as relay:
+        rc, out = await curl_https(relay.url() + "/ip")
+        assert rc == 0 and "IP address mismatch" in out, out

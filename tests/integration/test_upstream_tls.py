@@ -22,6 +22,14 @@ def ca(tmp_path):
     return CA(tmp_path)
 
 
+@pytest.fixture(autouse=True, params=["core", "loop"])
+def tls_mode(request, monkeypatch) -> str:
+    """Every test twice: TLS driven by the core, and by the event loop (the fallback)."""
+    if request.param == "loop":
+        monkeypatch.setenv("OMNIRELAY_CORE_TLS", "0")
+    return request.param
+
+
 @contextlib.asynccontextmanager
 async def tls_origin(cert_file: str, key_file: str, *, client_ca: str | None = None):
     """An aiohttp upstream over TLS that reports the SNI it got and the client's certificate."""
