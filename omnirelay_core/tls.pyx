@@ -201,7 +201,14 @@ cdef class TlsClient:
         p.app = app
         p.hostname = server_hostname
         p.handshake_done = asyncio.get_running_loop().create_future()
+        # A caller that gave up (its deadline passed) no longer awaits the outcome.
+        p.handshake_done.add_done_callback(_outcome_seen)
         return p
+
+
+def _outcome_seen(future):
+    if not future.cancelled():
+        future.exception()
 
 
 def _handshake_error(str reason, long verify_result):
@@ -269,7 +276,13 @@ cdef class TlsProtocol:
         if self.client is not None:
             self.context = self.client.context
             api.SSL_set_connect_state(s)
-            self.client_names()
+            try:
+                self.client_names()
+            except ValueError as exc:
+                self.handshake_done.set_exception(_handshake_error(str(exc), X509_V_OK))
+                self.state = ST_CLOSED
+                transport.abort()
+                return
             self.handshake()        # the ClientHello
             return
         api.SSL_set_ex_data(s, 0, <void*>self)    # for _on_server_name

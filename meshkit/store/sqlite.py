@@ -106,6 +106,7 @@ CREATE TRIGGER IF NOT EXISTS history_no_delete BEFORE DELETE ON history
 
 _STORED_COLUMNS = "h.scope, h.revision, h.document, h.sha256, h.version, h.epoch, h.actor, h.updated_at"
 _ENDPOINT_COLUMNS = "h.cluster, h.revision, h.endpoints, h.actor, h.updated_at, h.deleted"
+_ENDPOINT_REVISION = "SELECT revision FROM endpoints WHERE cluster = ?"
 _NEXT_REVISION = (
     "SELECT MAX(COALESCE((SELECT MAX(revision) FROM history), 0),"
     " COALESCE((SELECT MAX(revision) FROM endpoint_history), 0)) + 1"
@@ -173,6 +174,40 @@ class SqliteStore(Store):
             raise
         conn.execute("COMMIT")
         return result
+
+    def _checked_write(
+        self, conn: sqlite3.Connection, current: str, key: str, scope: str,
+        expected_revision: int | None, actor: str,
+        write: Callable[[sqlite3.Connection, int, float], _T], *, must_exist: str | None = None,
+    ) -> _T:
+        """One audited compare-and-swap write in one transaction. `current` selects the
+        key's revision (0: none). A refusal (a revision other than `expected_revision`, or no
+        row when `must_exist` says why one is needed) is audited, committed and raised;
+        otherwise `write(conn, revision, now)` runs at the next store revision."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(current, (key,)).fetchone()
+            actual = row[0] if row else 0
+            refusal: StoreError | None = None
+            if must_exist is not None and actual == 0:
+                refusal = NotFound(scope)
+                self._audit_row(conn, actor, "not-found", scope, 0, must_exist)
+            elif expected_revision is not None and actual != expected_revision:
+                refusal = RevisionConflict(scope, expected_revision, actual)
+                self._audit_row(conn, actor, "conflict", scope, actual,
+                                f"expected revision {expected_revision}")
+            if refusal is not None:
+                conn.execute("COMMIT")
+                raise refusal
+            result = write(conn, conn.execute(_NEXT_REVISION).fetchone()[0], self._clock())
+            conn.execute("COMMIT")
+            return result
+        except (NotFound, RevisionConflict):
+            raise
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _audit_row(
         self, conn: sqlite3.Connection, actor: str, action: str, scope: str, revision: int,
@@ -253,41 +288,23 @@ class SqliteStore(Store):
     ) -> StoredConfig:
         document = bytes(document)
 
-        def op(conn: sqlite3.Connection) -> StoredConfig:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT revision FROM desired WHERE scope = ?", (scope,))
-                row = row.fetchone()
-                actual = row[0] if row else 0
-                if actual != expected_revision:
-                    # The refusal is audited too: commit that row, then report the conflict.
-                    self._audit_row(
-                        conn, actor, "conflict", scope, actual,
-                        f"expected revision {expected_revision}",
-                    )
-                    conn.execute("COMMIT")
-                    raise RevisionConflict(scope, expected_revision, actual)
-                revision = conn.execute(_NEXT_REVISION).fetchone()[0]
-                now = self._clock()
-                conn.execute(
-                    "INSERT INTO history (revision, scope, document, sha256, version, epoch,"
-                    " actor, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (revision, scope, document, sha256, version, epoch, actor, now),
-                )
-                conn.execute(
-                    "INSERT INTO desired (scope, revision) VALUES (?, ?)"
-                    " ON CONFLICT (scope) DO UPDATE SET revision = excluded.revision",
-                    (scope, revision),
-                )
-                self._audit_row(conn, actor, "write", scope, revision, detail)
-                conn.execute("COMMIT")
-            except RevisionConflict:
-                raise
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        def write(conn: sqlite3.Connection, revision: int, now: float) -> StoredConfig:
+            conn.execute(
+                "INSERT INTO history (revision, scope, document, sha256, version, epoch,"
+                " actor, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (revision, scope, document, sha256, version, epoch, actor, now),
+            )
+            conn.execute(
+                "INSERT INTO desired (scope, revision) VALUES (?, ?)"
+                " ON CONFLICT (scope) DO UPDATE SET revision = excluded.revision",
+                (scope, revision),
+            )
+            self._audit_row(conn, actor, "write", scope, revision, detail)
             return StoredConfig(scope, revision, document, sha256, version, epoch, actor, now)
+
+        def op(conn: sqlite3.Connection) -> StoredConfig:
+            return self._checked_write(conn, "SELECT revision FROM desired WHERE scope = ?",
+                                       scope, scope, expected_revision, actor, write)
 
         stored = await self._run(op)
         self._wake()
@@ -348,38 +365,23 @@ class SqliteStore(Store):
         endpoints = bytes(endpoints)
         scope = f"cluster/{cluster}"
 
-        def op(conn: sqlite3.Connection) -> StoredEndpoints:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT revision FROM endpoints WHERE cluster = ?",
-                                   (cluster,)).fetchone()
-                actual = row[0] if row else 0
-                if expected_revision is not None and actual != expected_revision:
-                    self._audit_row(conn, actor, "conflict", scope, actual,
-                                    f"expected revision {expected_revision}")
-                    conn.execute("COMMIT")
-                    raise RevisionConflict(scope, expected_revision, actual)
-                revision = conn.execute(_NEXT_REVISION).fetchone()[0]
-                now = self._clock()
-                conn.execute(
-                    "INSERT INTO endpoint_history (revision, cluster, endpoints, actor,"
-                    " updated_at) VALUES (?, ?, ?, ?, ?)",
-                    (revision, cluster, endpoints, actor, now),
-                )
-                conn.execute(
-                    "INSERT INTO endpoints (cluster, revision) VALUES (?, ?)"
-                    " ON CONFLICT (cluster) DO UPDATE SET revision = excluded.revision",
-                    (cluster, revision),
-                )
-                self._audit_row(conn, actor, "set-endpoints", scope, revision, detail)
-                conn.execute("COMMIT")
-            except RevisionConflict:
-                raise
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        def write(conn: sqlite3.Connection, revision: int, now: float) -> StoredEndpoints:
+            conn.execute(
+                "INSERT INTO endpoint_history (revision, cluster, endpoints, actor,"
+                " updated_at) VALUES (?, ?, ?, ?, ?)",
+                (revision, cluster, endpoints, actor, now),
+            )
+            conn.execute(
+                "INSERT INTO endpoints (cluster, revision) VALUES (?, ?)"
+                " ON CONFLICT (cluster) DO UPDATE SET revision = excluded.revision",
+                (cluster, revision),
+            )
+            self._audit_row(conn, actor, "set-endpoints", scope, revision, detail)
             return StoredEndpoints(cluster, revision, endpoints, actor, now)
+
+        def op(conn: sqlite3.Connection) -> StoredEndpoints:
+            return self._checked_write(conn, _ENDPOINT_REVISION, cluster, scope,
+                                       expected_revision, actor, write)
 
         stored = await self._run(op)
         self._wake()
@@ -391,41 +393,20 @@ class SqliteStore(Store):
     ) -> StoredEndpoints:
         scope = f"cluster/{cluster}"
 
-        def op(conn: sqlite3.Connection) -> StoredEndpoints:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT revision FROM endpoints WHERE cluster = ?",
-                                   (cluster,)).fetchone()
-                actual = row[0] if row else 0
-                refusal: StoreError | None = None
-                if actual == 0:
-                    refusal = NotFound(scope)
-                    self._audit_row(conn, actor, "not-found", scope, 0,
-                                    "no endpoint list to delete")
-                elif expected_revision is not None and actual != expected_revision:
-                    refusal = RevisionConflict(scope, expected_revision, actual)
-                    self._audit_row(conn, actor, "conflict", scope, actual,
-                                    f"expected revision {expected_revision}")
-                if refusal is not None:  # the refusal is audited: commit that row
-                    conn.execute("COMMIT")
-                    raise refusal
-                revision = conn.execute(_NEXT_REVISION).fetchone()[0]
-                now = self._clock()
-                conn.execute(
-                    "INSERT INTO endpoint_history (revision, cluster, endpoints, actor,"
-                    " updated_at, deleted) VALUES (?, ?, x'', ?, ?, 1)",
-                    (revision, cluster, actor, now),
-                )
-                conn.execute("DELETE FROM endpoints WHERE cluster = ?", (cluster,))
-                self._audit_row(conn, actor, "delete-endpoints", scope, revision, detail)
-                conn.execute("COMMIT")
-            except (NotFound, RevisionConflict):
-                raise
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        def write(conn: sqlite3.Connection, revision: int, now: float) -> StoredEndpoints:
+            conn.execute(
+                "INSERT INTO endpoint_history (revision, cluster, endpoints, actor,"
+                " updated_at, deleted) VALUES (?, ?, x'', ?, ?, 1)",
+                (revision, cluster, actor, now),
+            )
+            conn.execute("DELETE FROM endpoints WHERE cluster = ?", (cluster,))
+            self._audit_row(conn, actor, "delete-endpoints", scope, revision, detail)
             return StoredEndpoints(cluster, revision, b"", actor, now, deleted=True)
+
+        def op(conn: sqlite3.Connection) -> StoredEndpoints:
+            return self._checked_write(conn, _ENDPOINT_REVISION, cluster, scope,
+                                       expected_revision, actor, write,
+                                       must_exist="no endpoint list to delete")
 
         stored = await self._run(op)
         self._wake()

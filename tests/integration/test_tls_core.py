@@ -217,3 +217,21 @@ async def test_upstream_tls_is_driven_by_the_core_and_checks_ip_addresses(ca, mo
             cluster=tls_cluster(port, ca_file=ca.cert_file))) as relay:
         rc, out = await curl_https(relay.url() + "/ip")
         assert rc == 0 and "IP address mismatch" in out, out
+
+
+async def test_an_upstream_that_never_finishes_the_handshake_times_out(ca, mode, caplog):
+    async def silent(reader, writer):
+        await reader.read()         # takes the ClientHello, never answers
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with omnirelay.Relay(make_config(cluster=tls_cluster(
+                port, ca_file=ca.cert_file) | {"connect_timeout": "300ms"})) as relay:
+            rc, out = await curl_https(relay.url() + "/slow", "-D", "-", "-o", "/dev/null")
+            assert rc == 0 and " 503" in out.splitlines()[0], out
+            assert "x-omnirelay-reason: upstream_connect_timeout" in out.lower(), out
+    finally:
+        server.close()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
