@@ -2,20 +2,23 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-POLICIES = ("fail_open", "fail_closed", "reload")
-FALLBACKS = ("fail_open", "fail_closed")
+from omnirelay.extensions.binding import (
+    check_keys,
+    failure_policy,
+    pinned_digest,
+    source,
+    string,
+)
+
 KEYS = ("config", "failure_policy", "max_call_us", "max_trips", "name", "package", "path",
         "reload_fallback", "sha256")
 
 DEFAULT_MAX_CALL_US = 10_000.0
 DEFAULT_MAX_TRIPS = 3
 MAX_CALL_US_LIMIT = 60_000_000.0
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -39,13 +42,6 @@ class NativeConfig:
         return self.reload_fallback if self.failure_policy == "reload" else self.failure_policy
 
 
-def _string(config: Mapping, key: str, default: str = "") -> str:
-    value = config.get(key, default)
-    if not isinstance(value, str):
-        raise TypeError(f"{key} must be a string, got {type(value).__name__}")
-    return value
-
-
 def _payload(value) -> bytes:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
@@ -61,23 +57,10 @@ def parse_native_config(config: Mapping | None) -> NativeConfig:
     """Validate an ``omnirelay.filters.http.native`` filter config; raises TypeError /
     ValueError naming the key."""
     config = dict(config or {})
-    unknown = sorted(str(k) for k in set(config) - set(KEYS))
-    if unknown:
-        raise ValueError(f"unknown keys {unknown} (known: {list(KEYS)})")
-    if "path" in config and "package" in config:
-        raise ValueError("give path or package, not both")
-    key = "package" if "package" in config else "path"
-    path = _string(config, key)
-    if not path:
-        raise ValueError("path is required (the plugin's shared library, .so), or package "
-                         "(a signed extension package)")
-    policy = _string(config, "failure_policy", "fail_closed")
-    if policy not in POLICIES:
-        raise ValueError(f"failure_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-    fallback = _string(config, "reload_fallback", "fail_closed")
-    if fallback not in FALLBACKS:
-        raise ValueError(
-            f"reload_fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+    check_keys(config, KEYS)
+    path, packaged = source(config, "path is required (the plugin's shared library, .so), or "
+                                    "package (a signed extension package)")
+    policy, fallback = failure_policy(config)
     max_call_us = config.get("max_call_us", DEFAULT_MAX_CALL_US)
     if (isinstance(max_call_us, bool) or not isinstance(max_call_us, (int, float))
             or not 0 <= max_call_us <= MAX_CALL_US_LIMIT):
@@ -86,17 +69,14 @@ def parse_native_config(config: Mapping | None) -> NativeConfig:
     max_trips = config.get("max_trips", DEFAULT_MAX_TRIPS)
     if isinstance(max_trips, bool) or not isinstance(max_trips, int) or max_trips < 1:
         raise ValueError(f"max_trips must be an integer of at least 1, got {max_trips!r}")
-    digest = config.get("sha256")
-    if digest is not None and (not isinstance(digest, str) or not _SHA256.fullmatch(digest)):
-        raise ValueError("sha256 must be 64 lowercase hex digits")
     return NativeConfig(
         path=path,
-        name=_string(config, "name"),
+        name=string(config, "name"),
         config=_payload(config.get("config", "")),
         failure_policy=policy,
         reload_fallback=fallback,
         max_call_us=float(max_call_us),
         max_trips=max_trips,
-        sha256=digest,
-        package=path if key == "package" else None,
+        sha256=pinned_digest(config),
+        package=path if packaged else None,
     )

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from omnirelay.config import parse_duration, parse_size
-
-POLICIES = ("fail_open", "fail_closed", "reload")
-FALLBACKS = ("fail_open", "fail_closed")
+from omnirelay.extensions.binding import (
+    check_keys,
+    failure_policy,
+    pinned_digest,
+    source,
+    string,
+)
 
 DEFAULT_MEMORY_LIMIT = 64 << 20
 DEFAULT_CALLBACK_DEADLINE = 0.1
@@ -25,8 +28,6 @@ KEYS = ("callback_deadline", "configuration", "environment", "failure_policy", "
         "name", "package", "path", "reload_fallback", "root_id", "sha256", "start_deadline",
         "vm_configuration", "vm_id")
 PACKAGE_SUFFIX = ".orpkg"
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,6 @@ class PluginConfig:
     def fallback(self) -> str:
         """What requests get while the plugin cannot run: fail_open or fail_closed."""
         return self.reload_fallback if self.failure_policy == "reload" else self.failure_policy
-
-
-def _string(config: Mapping, key: str, default: str = "") -> str:
-    value = config.get(key, default)
-    if not isinstance(value, str):
-        raise TypeError(f"{key} must be a string, got {type(value).__name__}")
-    return value
 
 
 def _payload(config: Mapping, key: str) -> bytes:
@@ -100,28 +94,13 @@ def parse_plugin_config(config: Mapping | None) -> PluginConfig:
     """Validate a ``omnirelay.filters.http.wasm`` config; raises TypeError / ValueError
     naming the key."""
     config = dict(config or {})
-    unknown = sorted(str(k) for k in set(config) - set(KEYS))
-    if unknown:
-        raise ValueError(f"unknown keys {unknown} (known: {list(KEYS)})")
-    if "path" in config and "package" in config:
-        raise ValueError("give path or package, not both")
-    if "path" not in config and "package" not in config:
-        raise ValueError("path is required (a .wasm or .wat file), or package (a signed "
-                         "extension package)")
-    key = "path" if "path" in config else "package"
-    path = _string(config, key)
-    if not path:
-        raise ValueError(f"{key} must not be empty")
+    check_keys(config, KEYS)
+    path, packaged = source(config, "path is required (a .wasm or .wat file), or package (a "
+                                    "signed extension package)")
     base = os.path.basename(path)
-    name = _string(config, "name", "") or (
-        base.removesuffix(PACKAGE_SUFFIX) if key == "package" else os.path.splitext(base)[0])
-    policy = _string(config, "failure_policy", "fail_closed")
-    if policy not in POLICIES:
-        raise ValueError(f"failure_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-    fallback = _string(config, "reload_fallback", "fail_closed")
-    if fallback not in FALLBACKS:
-        raise ValueError(
-            f"reload_fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+    name = string(config, "name", "") or (
+        base.removesuffix(PACKAGE_SUFFIX) if packaged else os.path.splitext(base)[0])
+    policy, fallback = failure_policy(config)
     memory_limit = DEFAULT_MEMORY_LIMIT
     if "memory_limit" in config:
         try:
@@ -139,14 +118,11 @@ def parse_plugin_config(config: Mapping | None) -> PluginConfig:
         if not isinstance(v, str) or "=" in str(k) or "\0" in str(k) + v:
             raise ValueError(f"environment.{k}: must be a string (no NUL; no '=' in the name)")
         environment.append((str(k), v))
-    digest = config.get("sha256")
-    if digest is not None and (not isinstance(digest, str) or not _SHA256.fullmatch(digest)):
-        raise ValueError("sha256 must be 64 lowercase hex digits")
     return PluginConfig(
         path=path,
         name=name,
-        root_id=_string(config, "root_id"),
-        vm_id=_string(config, "vm_id"),
+        root_id=string(config, "root_id"),
+        vm_id=string(config, "vm_id"),
         configuration=_payload(config, "configuration"),
         vm_configuration=_payload(config, "vm_configuration"),
         failure_policy=policy,
@@ -155,6 +131,6 @@ def parse_plugin_config(config: Mapping | None) -> PluginConfig:
         callback_deadline=_duration(config, "callback_deadline", DEFAULT_CALLBACK_DEADLINE),
         start_deadline=_duration(config, "start_deadline", DEFAULT_START_DEADLINE),
         environment=tuple(environment),
-        sha256=digest,
-        package=path if key == "package" else None,
+        sha256=pinned_digest(config),
+        package=path if packaged else None,
     )
