@@ -13,6 +13,17 @@ from omnirelay.security.util import boolean, header_name, mapping, reject_unknow
 _UNRESERVED_PCT = re.compile(r"%(2[DdEe]|3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|5[Ff]|7[Ee])")
 
 
+def request_host(authority: str | None) -> str:
+    """The request's host for security decisions: lowercase, without the port (an IPv6
+    literal keeps its brackets)."""
+    h = (authority or "").lower()
+    if h.startswith("["):
+        return h[:h.find("]") + 1] if "]" in h else h
+    if h.count(":") == 1:
+        return h.split(":", 1)[0]
+    return h
+
+
 def normalize_path(target: str) -> str:
     """The path of a request target (query dropped) as the origin will resolve it, for
     security decisions: percent-encoded unreserved characters decoded (``%2e`` is ``.``),
@@ -69,12 +80,13 @@ def string_matcher(cfg: dict, where: str, extra: tuple[str, ...] = ()) -> String
         return lambda s: rx.fullmatch(s) is not None
     if ignore_case:
         value = value.lower()
-        base = _plain(kind, value)
+        base = literal_match(kind, value)
         return lambda s: base(s.lower())
-    return _plain(kind, value)
+    return literal_match(kind, value)
 
 
-def _plain(kind: str, value: str) -> StringMatch:
+def literal_match(kind: str, value: str) -> StringMatch:
+    """A test of a string against `value`: exact, prefix, suffix or (else) contains."""
     if kind == "exact":
         return value.__eq__
     if kind == "prefix":

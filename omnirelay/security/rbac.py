@@ -18,6 +18,7 @@ from omnirelay.security.matchers import (
     claim_matcher,
     header_matcher,
     normalize_path,
+    request_host,
     string_matcher,
 )
 from omnirelay.security.util import boolean, mapping, reject_unknown, string, string_list
@@ -54,12 +55,7 @@ class RequestView:
     @property
     def host(self) -> str:
         if self._host is None:
-            h = (self.stream.authority or "").lower()
-            if h.startswith("["):
-                h = h[:h.find("]") + 1] if "]" in h else h
-            elif h.count(":") == 1:
-                h = h.split(":", 1)[0]
-            self._host = h
+            self._host = request_host(self.stream.authority)
         return self._host
 
     @property

@@ -23,7 +23,12 @@ from omnirelay.extensions.dsl import tree as t
 from omnirelay.extensions.dsl.errors import BudgetExceeded, DslEvalError
 from omnirelay.extensions.dsl.parser import parse
 from omnirelay.security.jwt import JWT_METADATA_KEY
-from omnirelay.security.matchers import lookup_claim, normalize_path
+from omnirelay.security.matchers import (
+    literal_match,
+    lookup_claim,
+    normalize_path,
+    request_host,
+)
 from omnirelay.security.rbac import peer_spiffe_id
 
 DEFAULT_STEP_BUDGET = 1000
@@ -64,12 +69,7 @@ class View:
     def host(self) -> str:
         """Lowercase, without the port."""
         if self._host is _UNSET:
-            h = (self.stream.authority or "").lower()
-            if h.startswith("["):
-                h = h[:h.find("]") + 1] if "]" in h else h
-            elif h.count(":") == 1:
-                h = h.split(":", 1)[0]
-            self._host = h
+            self._host = request_host(self.stream.authority)
         return self._host  # type: ignore[return-value]
 
     @property
@@ -317,7 +317,7 @@ def _test(c: t.Cond) -> Test:
         eq = _test(t.Compare("==", c.left, c.right, c.pos))
         return lambda rq: not eq(rq)
     if isinstance(c.right, t.Literal):
-        return _on_value(c.left, _literal_pred(c.op, c.right.text))
+        return _on_value(c.left, literal_match(_MATCH_KINDS[c.op], c.right.text))
     op = c.op
     # The right operand is one string (a list claim's elements joined), None if absent.
     right = _field(c.right, False) if isinstance(c.right, t.Field) else _string(c.right)
@@ -337,14 +337,8 @@ def _test(c: t.Cond) -> Test:
     return compare
 
 
-def _literal_pred(op: str, text: str) -> Callable[[str], bool]:
-    if op == "==":
-        return text.__eq__
-    if op == "prefix":
-        return lambda s: s.startswith(text)
-    if op == "suffix":
-        return lambda s: s.endswith(text)
-    return lambda s: text in s
+# The string operators as the shared matchers name them.
+_MATCH_KINDS = {"==": "exact", "prefix": "prefix", "suffix": "suffix", "contains": "contains"}
 
 
 def _apply(op: str, a: str, b: str) -> bool:
