@@ -8,13 +8,12 @@ answered (or ACTIVATE_TIMEOUT).
 """
 from __future__ import annotations
 
-import selectors
 import threading
 from dataclasses import dataclass, field
 
 from omnirelay.config import Config
 
-from .wakeup import WakePipe
+from .wakeup import PipeService
 
 ACTIVATE_TIMEOUT = 60.0
 
@@ -30,10 +29,11 @@ class _Pending:
         self.done.set()
 
 
-class SupervisorBridge:
+class SupervisorBridge(PipeService):
     """A supervisor Service, and the client's `activate` callable."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.supervisor = None  # set by start(); Supervisor (runtime level, not imported here)
         self._lock = threading.Lock()
         self._first: _Pending | None = None
@@ -41,8 +41,6 @@ class SupervisorBridge:
         self._running = threading.Event()  # workers are serving
         self._stopped = False
         self._pending: list[_Pending] = []
-        self._pipe = WakePipe()
-        self._sel: selectors.BaseSelector | None = None
 
     # ---- the client's side (its thread) ----
     def activate(self, config: Config) -> str | None:
@@ -94,13 +92,6 @@ class SupervisorBridge:
         self._pipe.wake()
 
     # ---- the supervisor's side (Service protocol, poll loop thread) ----
-    def attach(self, sel: selectors.BaseSelector) -> None:
-        self._sel = sel
-        sel.register(self._pipe.r, selectors.EVENT_READ, self._on_wake)
-
-    def _on_wake(self, events: int) -> None:
-        self._pipe.drain()
-
     def timeout(self, now: float) -> float | None:
         return 0.0 if self._runnable() else None
 
@@ -130,14 +121,6 @@ class SupervisorBridge:
         with self._lock:
             return self._pending[0].config if self._pending else None
 
-    def forget(self) -> None:
-        self._pipe.close()
-
     def close(self) -> None:
         self.stop()
-        if self._sel is not None:
-            try:
-                self._sel.unregister(self._pipe.r)
-            except (KeyError, ValueError):
-                pass
-        # the pipe stays open: the client thread may still write to it until it is stopped
+        self.detach()  # the pipe stays open: the client thread may still write to it

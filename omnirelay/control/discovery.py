@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import selectors
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ from omnirelay.config.endpoints import decode_endpoints
 from omnirelay.config.protos import mesh_pb2, mesh_pb2_grpc
 
 from .client import Backoff, _trailer_hint
-from .wakeup import WakePipe
+from .wakeup import PipeService
 
 log = logging.getLogger("omnirelay.discovery")
 
@@ -201,16 +200,15 @@ def endpoint_documents(endpoints: tuple[Endpoint, ...]) -> list[dict[str, Any]]:
     return out
 
 
-class DiscoveryBridge:
+class DiscoveryBridge(PipeService):
     """A supervisor service: hands the client thread's updates to the supervisor's poll loop
     (a byte on a pipe wakes it), which forwards them to every worker and remembers the last
     list of each cluster for workers started later."""
 
     def __init__(self, push: Callable[[str, list[dict[str, Any]]], None]) -> None:
+        super().__init__()
         self.push = push
         self._queue: queue.SimpleQueue[tuple[str, tuple[Endpoint, ...]]] = queue.SimpleQueue()
-        self._sel: selectors.BaseSelector | None = None
-        self._pipe = WakePipe()
 
     def deliver(self, cluster: str, endpoints: tuple[Endpoint, ...]) -> None:
         """Called on the client's thread."""
@@ -229,32 +227,21 @@ class DiscoveryBridge:
 
     def release(self) -> None:
         """Close the pipe, once the client thread has stopped."""
-        self._pipe.close()
+        self.forget()
 
     # ---- the supervisor's service protocol ----
-    def attach(self, sel: selectors.BaseSelector) -> None:
-        self._sel = sel
-        sel.register(self._pipe.r, selectors.EVENT_READ, self._on_wake)
-
     def timeout(self, now: float) -> float | None:
         return None
 
     def run_timers(self, now: float) -> None:
         return None
 
-    def forget(self) -> None:
-        """In a forked worker: close the supervisor's ends."""
-        self.release()
-
     def close(self) -> None:
         # The client thread may still write a wake-up byte: the pipe stays open until
         # `release` (after the client stopped).
-        if self._sel is not None:
-            self._sel.unregister(self._pipe.r)
-            self._sel = None
+        self.detach()
 
-    def _on_wake(self, events: int) -> None:
-        self._pipe.drain()
+    def on_wake(self) -> None:
         self.flush()
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import selectors
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from omnirelay.config.protos import ca_pb2, ca_pb2_grpc
 
-from .wakeup import WakePipe
+from .wakeup import PipeService
 
 log = logging.getLogger("omnirelay.identity")
 
@@ -420,30 +419,22 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
 
 
 
-class IdentityReload:
+class IdentityReload(PipeService):
     """A supervisor Service: after a renewal (`notify`, from the identity thread), rebuild
     the active config from the poll loop, which re-reads the TLS files, and activate it
     through the reload path. A config that no longer builds (say, an expired certificate)
     is refused and the running one keeps serving."""
 
     def __init__(self, build_check: Callable) -> None:
+        super().__init__()
         self.supervisor = None  # set once the Supervisor exists
         self.build_check = build_check
         self.pending = False
         self.applied = 0
-        self._pipe = WakePipe()
-        self._sel: selectors.BaseSelector | None = None
 
     def notify(self) -> None:
         self.pending = True
         self._pipe.wake()
-
-    def attach(self, sel: selectors.BaseSelector) -> None:
-        self._sel = sel
-        sel.register(self._pipe.r, selectors.EVENT_READ, self._on_wake)
-
-    def _on_wake(self, events: int) -> None:
-        self._pipe.drain()
 
     def _runnable(self) -> bool:
         sup = self.supervisor
@@ -472,12 +463,5 @@ class IdentityReload:
         if self.supervisor.activate(config) is None:
             self.applied += 1
 
-    def forget(self) -> None:
-        self._pipe.close()
-
     def close(self) -> None:
-        if self._sel is not None:
-            try:
-                self._sel.unregister(self._pipe.r)
-            except (KeyError, ValueError):
-                pass
+        self.detach()

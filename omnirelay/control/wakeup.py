@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import selectors
 
 
 class WakePipe:
@@ -29,3 +30,37 @@ class WakePipe:
     def close(self) -> None:
         os.close(self.r)
         os.close(self.w)
+
+
+class PipeService:
+    """The supervisor-service side of a WakePipe: registered with the poll loop's selector
+    (`attach`), drained when a client thread wakes it (then `on_wake` runs on the loop),
+    unregistered by `detach`. The pipe stays open until `forget` (a forked worker closes
+    the supervisor's ends), because the client thread may still write to it."""
+
+    def __init__(self) -> None:
+        self._pipe = WakePipe()
+        self._sel: selectors.BaseSelector | None = None
+
+    def attach(self, sel: selectors.BaseSelector) -> None:
+        self._sel = sel
+        sel.register(self._pipe.r, selectors.EVENT_READ, self._on_wake)
+
+    def _on_wake(self, events: int) -> None:
+        self._pipe.drain()
+        self.on_wake()
+
+    def on_wake(self) -> None:
+        """Work to do on the poll loop after a wake-up (the default: none; the loop then
+        asks the service's `timeout` again)."""
+
+    def detach(self) -> None:
+        if self._sel is not None:
+            try:
+                self._sel.unregister(self._pipe.r)
+            except (KeyError, ValueError):
+                pass
+            self._sel = None
+
+    def forget(self) -> None:
+        self._pipe.close()
