@@ -64,18 +64,18 @@ class Snapshot:
         return snapshot
 
 
+def signed_fields(snapshot: Snapshot) -> dict[str, object]:
+    """What identifies and signs a snapshot, as both a Snapshot and a Delta message carry it
+    (the same field names in mesh.proto)."""
+    return {"version": snapshot.version, "epoch": snapshot.epoch, "scope": snapshot.scope,
+            "revision": snapshot.revision, "sha256": snapshot.sha256,
+            "key_id": snapshot.key_id, "signature": snapshot.signature,
+            "signature_algorithm": snapshot.algorithm}
+
+
 def snapshot_wire(snapshot: Snapshot) -> bytes:
-    return mesh_pb2.Snapshot(
-        version=snapshot.version,
-        epoch=snapshot.epoch,
-        scope=snapshot.scope,
-        revision=snapshot.revision,
-        document=snapshot.document,
-        sha256=snapshot.sha256,
-        key_id=snapshot.key_id,
-        signature=snapshot.signature,
-        signature_algorithm=snapshot.algorithm,
-    ).SerializeToString(deterministic=True)
+    return mesh_pb2.Snapshot(document=snapshot.document, **signed_fields(snapshot)
+                             ).SerializeToString(deterministic=True)
 
 
 class SnapshotCache:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from omnirelay.config.delta import FORMAT, make_patch
 from omnirelay.config.protos import mesh_pb2
 
-from .cache import Snapshot
+from .cache import Snapshot, signed_fields
 
 log = logging.getLogger("meshkit.delta")
 
@@ -39,14 +39,7 @@ class Delta:
 
 def delta_wire(base_version: str, base_sha256: str, target: Snapshot, patch: bytes) -> bytes:
     return mesh_pb2.Delta(
-        version=target.version,
-        epoch=target.epoch,
-        scope=target.scope,
-        revision=target.revision,
-        sha256=target.sha256,
-        key_id=target.key_id,
-        signature=target.signature,
-        signature_algorithm=target.algorithm,
+        **signed_fields(target),
         base_version=base_version,
         base_sha256=base_sha256,
         patch_format=FORMAT,
