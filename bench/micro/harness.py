@@ -83,6 +83,14 @@ class ProxyHarness:
         self.downstream = self.runtime.protocol_factory()
         self.downstream.connection_made(self.down_transport)
 
+    def upstream_head(self, request: bytes, response: bytes) -> bytes:
+        """One exchange by hand (before timing): the request head the upstream got."""
+        feed(self.downstream, request)
+        head = self.up_transport.take()
+        feed(self.upstream, response)
+        self.down_transport.take()
+        return head
+
     def roundtrip(self, request: bytes, response: bytes) -> bytes:
         feed(self.downstream, request)
         self.up_transport.out.clear()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 import omnirelay.extensions.dsl.filter  # noqa: F401  (registers the filter)
-from bench.micro.harness import ProxyHarness, config, feed
+from bench.micro.harness import ProxyHarness, config
 from bench.micro.test_micro import REQUEST, RESPONSE
 
 ADD = 'when true { set request header "x-bench" = "1" }'
@@ -32,10 +32,7 @@ FILTERS = {
 def test_request_through_dsl_filter(benchmark, kind):
     h = ProxyHarness(config(FILTERS[kind]))
     # One request by hand first: the rule's header reaches the upstream.
-    feed(h.downstream, REQUEST)
-    head = h.up_transport.take()
-    feed(h.upstream, RESPONSE)
-    h.down_transport.take()
+    head = h.upstream_head(REQUEST, RESPONSE)
     assert (b"x-bench: 1\r\n" in head) == (kind != "no-filter"), head
     out = benchmark(h.roundtrip, REQUEST, RESPONSE)
     assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"hello, world\n")

@@ -27,7 +27,7 @@ import bench.micro.test_micro  # noqa: F401  (registers bench.tag, the Python fi
 import omnirelay.extensions.dsl.filter
 import omnirelay.extensions.native.filter
 import omnirelay.extensions.wasm.filter  # noqa: F401
-from bench.micro.harness import ProxyHarness, config, feed
+from bench.micro.harness import ProxyHarness, config
 from bench.micro.test_micro import REQUEST, RESPONSE
 from omnirelay.extensions.native import include_dir
 
@@ -76,10 +76,7 @@ def _harness(kind: str, native_filter) -> ProxyHarness:
                "wasm-filter": [WASM]}[kind]
     h = ProxyHarness(config(filters))
     # One request by hand first: the filter's header reaches the upstream.
-    feed(h.downstream, REQUEST)
-    head = h.up_transport.take()
-    feed(h.upstream, RESPONSE)
-    h.down_transport.take()
+    head = h.upstream_head(REQUEST, RESPONSE)
     assert (b"x-bench: 1\r\n" in head) == (kind != "no-filter"), head
     return h
 

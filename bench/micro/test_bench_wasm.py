@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 import omnirelay.extensions.wasm.filter  # noqa: F401  (registers the filter)
-from bench.micro.harness import ProxyHarness, config, feed
+from bench.micro.harness import ProxyHarness, config
 from bench.micro.test_micro import REQUEST, RESPONSE
 
 ADD_HEADER_WAT = """
@@ -45,10 +45,7 @@ def test_request_through_filter(benchmark, kind, wasm_filter):
                "wasm-filter": [wasm_filter]}[kind]
     h = ProxyHarness(config(filters))
     # One request by hand first: the filter's header reaches the upstream.
-    feed(h.downstream, REQUEST)
-    head = h.up_transport.take()
-    feed(h.upstream, RESPONSE)
-    h.down_transport.take()
+    head = h.upstream_head(REQUEST, RESPONSE)
     assert (b"x-bench: 1\r\n" in head) == (kind != "no-filter"), head
     out = benchmark(h.roundtrip, REQUEST, RESPONSE)
     assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"hello, world\n")
